@@ -1,0 +1,177 @@
+"""The authors' CIFAR-100 checkpoints: download, verify, remap to timm 1.x, load.
+
+The official files were saved by the authors' code with timm 0.5.4 as `{"name", "state_dict", "optimizer"}`.
+Loading one goes: read with `weights_only=True` (a file that would run code is refused), take the state dict
+(bare dicts and a `module.` prefix are accepted too), drop non-learned index/mask buffers (the model
+recomputes them), remap the timm 0.5.4 layout to timm 1.x, compare keys and shapes with the model and name
+every difference, then load strictly. A download from the official location is also checked against two
+fingerprints of the real weights (sums of L1 and L2 norms) published with the authors' loss landscapes.
+"""
+import math
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from timm.models import swin_transformer
+
+from helpers import models
+from helpers.download import download, sha256
+
+BASE_URL = "https://github.com/xxxnell/how-do-vits-work-storage/releases/download/v0.1/"
+FILES = {
+    "resnet_50": "resnet_50_cifar100_691cc9a9e4.pth.tar",
+    "vit_ti": "vit_ti_cifar100_9857b21357.pth.tar",
+    "pit_ti": "pit_ti_cifar100_0645889efb.pth.tar",
+    "swin_ti": "swin_ti_cifar100_ec2894492b.pth.tar",
+}
+# (sum of L1 norms, sum of L2 norms) over parameters: the centre of the authors' published landscape grids
+FINGERPRINTS = {
+    "resnet_50": (508540.66, 1534.2001),
+    "vit_ti": (130782.34, 769.4993),
+}
+FINGERPRINT_RTOL = 1e-5
+NON_LEARNED = re.compile(r"(relative_position_index|attn_mask|rel_index)$")
+SHOWN = 5  # differences listed per category in an error
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def by_hand(name):
+    url = BASE_URL + FILES[name] if name in FILES else "(no official file)"
+    return f"To place it by hand, download {url} and put it in checkpoints/ (see checkpoints/README.md)."
+
+
+def load(name, root="checkpoints", url=None, map_location=None, verbose=False):
+    """The model `name` in eval mode with weights from `root`, downloaded first when the file is absent.
+
+    `url` overrides the official location (the file is then verified by structure only).
+    """
+    if url is None and name not in FILES:
+        raise CheckpointError(f"No official checkpoint was published for {name!r} (there are: {', '.join(FILES)}). "
+                              f"Train one with classification.ipynb and load it with load_file(path, {name!r}).")
+    path = Path(root) / (FILES[name] if url is None else Path(urlparse(url).path).name)
+    if not path.exists():
+        official = url is None
+
+        def verify(tmp):
+            model = load_file(tmp, name)
+            if official:
+                check_fingerprint(model, name, tmp)
+            if verbose:
+                print(f"{path.name}: sha256 {sha256(tmp)}")
+
+        download(url or BASE_URL + FILES[name], path, verify=verify, hint=by_hand(name) if official else "")
+    return load_file(path, name, map_location=map_location)
+
+
+def pretrained(name, root="checkpoints", path=None, smoke=False, map_location=None):
+    """What a notebook loads: the official weights (or the file at `path`, e.g. a trained AlterNet); with
+    `smoke=True` a freshly initialised model instead, so smoke runs need no download."""
+    if smoke:
+        model = models.create(name).eval()
+        return model.to(map_location) if map_location is not None else model
+    if path is not None:
+        return load_file(path, name, map_location=map_location)
+    return load(name, root=root, map_location=map_location)
+
+
+def load_file(path, name, map_location=None):
+    """Load a checkpoint file already on disk into a fresh `models.create(name)`, in eval mode, moved to
+    `map_location` if given (weights are read on the CPU, then the model moves once)."""
+    model = models.create(name)
+    state_dict = remap(read_state_dict(path), name, model)
+    check_structure(state_dict, model.state_dict(), path, name)
+    model.load_state_dict(state_dict)
+    return model.to(map_location).eval() if map_location is not None else model.eval()
+
+
+def read_state_dict(path):
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint file at {path}.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {diagnose(path, error)} "
+                              f"Delete it and download it again.") from error
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state dict: expected {{'state_dict': {{...}}}} or a dict of tensors.")
+    return {k.removeprefix("module."): v for k, v in obj.items()}  # saved from nn.DataParallel
+
+
+def diagnose(path, error):
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
+        return "it is an HTML/XML page (a failed download or an error page), not PyTorch weights."
+    if "weights only" in str(error).lower() or "weights_only" in str(error):
+        return ("it contains Python objects other than tensors; it was refused unread because unpickling it "
+                "could run code.")
+    if head.startswith(b"pk"):
+        return f"the zip archive is damaged or truncated ({error})."
+    return f"{type(error).__name__}: {error}."
+
+
+# Remaps from the original (timm 0.5.4 / authors' code) layout to ours, one small pure function per family
+
+def remap_pit(state_dict, model):
+    """timm 0.5.4 ends stage i with its pooling layer; timm 1.x starts stage i+1 with it."""
+    stage_pool = re.compile(r"^transformers\.(\d+)\.pool\.")
+    return {stage_pool.sub(lambda m: f"transformers.{int(m.group(1)) + 1}.pool.", k): v for k, v in state_dict.items()}
+
+
+def remap_swin(state_dict, model):
+    """timm's own filter: patch merging to the start of the next stage, `head.` to `head.fc.`."""
+    return swin_transformer.checkpoint_filter_fn(state_dict, model)
+
+
+REMAPS = {"pit": remap_pit, "swin": remap_swin}
+
+
+def remap(state_dict, name, model):
+    state_dict = {k: v for k, v in state_dict.items() if not NON_LEARNED.search(k)}
+    family_remap = REMAPS.get(name.split("_")[0])
+    if family_remap is None:
+        return state_dict
+    try:
+        return family_remap(state_dict, model)
+    except Exception as error:  # timm's filter looks up submodules by key: a foreign file can break it
+        raise CheckpointError(f"Could not convert the checkpoint to {name}'s layout ({error}); "
+                              f"is it a {name} checkpoint?") from error
+
+
+def check_structure(state_dict, expected, path, name):
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"{path} does not fit {name}: {len(missing)} missing, {len(unexpected)} unexpected, "
+             f"{len(misshaped)} mis-shaped keys (is it a checkpoint of another model?)"]
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if keys:
+            lines.append(f"  {label}: " + ", ".join(keys[:SHOWN]) + (", ..." if len(keys) > SHOWN else ""))
+    raise CheckpointError("\n".join(lines))
+
+
+def fingerprint(model):
+    """(sum of L1 norms, sum of L2 norms) over the model's parameters, as the authors' landscape tables record."""
+    params = [p.detach().double() for p in model.parameters()]
+    return sum(p.abs().sum().item() for p in params), sum(p.norm().item() for p in params)
+
+
+def check_fingerprint(model, name, path):
+    if name not in FINGERPRINTS:
+        return
+    found, known = fingerprint(model), FINGERPRINTS[name]
+    if not all(math.isclose(f, k, rel_tol=FINGERPRINT_RTOL) for f, k in zip(found, known)):
+        raise CheckpointError(
+            f"The downloaded {FILES[name]} is not the official {name} checkpoint: its parameters' L1/L2 norm sums "
+            f"are {found[0]:.2f}/{found[1]:.4f}, the official weights' are {known[0]:.2f}/{known[1]:.4f} "
+            f"(sha256 of the file: {sha256(path)}). It was not saved. {by_hand(name)}")

@@ -1,0 +1,110 @@
+import pytest
+import timm
+import torch
+
+from helpers import models
+from helpers.blocks import Block, split
+
+STAGES = {  # the paper's layouts, written out independently of the splitter
+    "resnet_50": ["embed"] + ["conv"] * 16 + ["head"],
+    "alternet_50": ["embed"] + ["conv"] * 3 + ["conv"] * 3 + ["msa"] + ["conv", "msa"] * 3 + ["conv", "msa"] * 2
+                   + ["head"],
+    "vit_ti": ["embed"] + ["msa", "mlp"] * 12 + ["head"],
+    "pit_ti": ["embed"] + ["msa", "mlp"] * 2 + ["pool"] + ["msa", "mlp"] * 6 + ["pool"] + ["msa", "mlp"] * 4
+              + ["head"],
+    "swin_ti": ["embed"] + ["msa", "mlp"] * 2 + ["pool"] + ["msa", "mlp"] * 2 + ["pool"] + ["msa", "mlp"] * 6
+               + ["pool"] + ["msa", "mlp"] * 2 + ["head"],
+}
+
+
+@pytest.fixture(scope="module", params=list(STAGES))
+def model(request):
+    torch.manual_seed(0)
+    return request.param, models.create(request.param).eval()
+
+
+def test_blocks_compute_the_model(model):
+    name, net = model
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (split(net)(x) - net(x)).abs().max() < 1e-5
+
+
+def test_kind_sequence(model):
+    name, net = model
+    assert split(net).kinds == STAGES[name]
+
+
+def test_blocks_share_the_model_parameters(model):
+    name, net = model
+    blocks = split(net)
+    owned = {p.data_ptr() for p in net.parameters()}
+    assert {p.data_ptr() for p in blocks.parameters()} == owned
+    assert sum(p.numel() for p in blocks.parameters()) == models.count_parameters(net)
+
+
+def test_features_are_every_block_output_from_one_pass(model):
+    name, net = model
+    blocks = split(net)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = blocks.features(x)
+        assert len(features) == len(blocks)
+        assert torch.equal(features[-1], blocks(x))
+        maps = blocks.feature_maps(x)
+    assert len(maps) == len(blocks) - 1
+    assert all(m.ndim == 4 and m.shape[0] == 2 for m in maps)
+
+
+def test_vit_features_equal_hooked_transformer_blocks():
+    net = models.create("vit_ti").eval()
+    hooked = []
+    handle = net.blocks[3].register_forward_hook(lambda module, args, out: hooked.append(out))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        net(x)
+        features = split(net).features(x)
+    handle.remove()
+    block = split(net)[1 + 2 * 3 + 1]  # embed, then (msa, mlp) per transformer block
+    assert block.name == "blocks.3.mlp"
+    assert torch.equal(features[1 + 2 * 3 + 1], hooked[0])
+    tokens = hooked[0][:, 1:]  # class token dropped, 16 x 16 patches of 192 channels
+    expected = tokens.reshape(2, 16, 16, 192).permute(0, 3, 1, 2)
+    assert torch.equal(block.to_map(hooked[0]), expected)
+
+
+def test_swin_features_are_channels_last_maps():
+    net = models.create("swin_ti").eval()
+    blocks = split(net)
+    with torch.no_grad():
+        maps = blocks.feature_maps(torch.randn(1, 3, 32, 32))
+    sizes = [tuple(m.shape[1:]) for m, b in zip(maps, blocks) if b.kind == "pool"]
+    assert sizes == [(192, 16, 16), (384, 8, 8), (768, 4, 4)]
+
+
+def test_to_map_on_hand_made_tokens():
+    tokens = torch.arange(2 * 5 * 3.).reshape(2, 5, 3)  # B=2, a class token + 2x2 grid, C=3
+    block = Block("msa", "x", lambda x: x, [], "BNC", prefix_tokens=1)
+    grid = block.to_map(tokens)
+    assert grid.shape == (2, 3, 2, 2)
+    assert grid[1, 2, 1, 0] == tokens[1, 1 + 2 * 1 + 0, 2]
+    with pytest.raises(ValueError, match="square"):
+        Block("msa", "x", lambda x: x, [], "BNC").to_map(tokens[:, :3])
+
+
+def test_resnet_marks_its_strided_blocks_as_downsampling():
+    blocks = split(models.create("resnet_50"))
+    assert [b.name for b in blocks if b.downsamples] == ["layer2.0", "layer3.0", "layer4.0"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224", "pit_ti_distilled_224", "swin_tiny_patch4_window7_224"])
+def test_timm_imagenet_models_split_too(name):
+    net = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert (split(net)(x) - net(x)).abs().max() < 1e-5
+
+
+def test_unsupported_models_are_named():
+    with pytest.raises(TypeError, match="Cannot split a Linear"):
+        split(torch.nn.Linear(2, 2))
