@@ -17,6 +17,7 @@ from timm.models import swin_transformer
 
 from helpers import models
 from helpers.download import download, sha256
+from helpers.losses import norm_sums
 
 BASE_URL = "https://github.com/xxxnell/how-do-vits-work-storage/releases/download/v0.1/"
 FILES = {
@@ -162,8 +163,7 @@ def check_structure(state_dict, expected, path, name):
 
 def fingerprint(model):
     """(sum of L1 norms, sum of L2 norms) over the model's parameters, as the authors' landscape tables record."""
-    params = [p.detach().double() for p in model.parameters()]
-    return sum(p.abs().sum().item() for p in params), sum(p.norm().item() for p in params)
+    return norm_sums(model.parameters())
 
 
 def check_fingerprint(model, name, path):

@@ -5,7 +5,9 @@ weight decay and Mixup/CutMix settings, the training module all of it.
 """
 from dataclasses import dataclass
 
-from timm.data import Mixup
+from timm.data import Mixup, rand_augment_transform
+
+from helpers import data
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,14 @@ class Recipe:
     sd: float = 0.0                    # stochastic depth at the last block
     padding: int = 4                   # random crop of the zero-padded image
     eval_batch_size: int = 256
+
+    def train_transform(self, dataset="cifar100"):
+        """Crop and flip, then RandAugment if the recipe has it (PIL images in, normalised tensors out)."""
+        if self.rand_augment is None:
+            return data.train_transform(dataset)
+        # timm's hyper-parameters for RandAugment at this image size: translation and fill from the data mean
+        hparams = {"translate_const": int(32 * 0.45), "img_mean": tuple(round(255 * m) for m in data.MEAN[dataset])}
+        return data.train_transform(dataset, augment=[rand_augment_transform(self.rand_augment, hparams)])
 
     def mixup_fn(self, num_classes):
         """timm's batch-wise Mixup/CutMix with label smoothing, or None when the recipe mixes nothing."""
