@@ -54,18 +54,22 @@ def load(name, root="checkpoints", url=None, map_location=None, verbose=False):
         raise CheckpointError(f"No official checkpoint was published for {name!r} (there are: {', '.join(FILES)}). "
                               f"Train one with classification.ipynb and load it with load_file(path, {name!r}).")
     path = Path(root) / (FILES[name] if url is None else Path(urlparse(url).path).name)
-    if not path.exists():
-        official = url is None
+    if path.exists():
+        if verbose:
+            print(f"{path}: sha256 {sha256(path)}")
+        return load_file(path, name, map_location=map_location)
+    official, verified = url is None, []
 
-        def verify(tmp):
-            model = load_file(tmp, name)
-            if official:
-                check_fingerprint(model, name, tmp)
-            if verbose:
-                print(f"{path.name}: sha256 {sha256(tmp)}")
+    def verify(tmp):  # runs on the temporary file: a file that fails never reaches `path`
+        model = load_file(tmp, name)
+        if official:
+            check_fingerprint(model, name, tmp)
+        if verbose:
+            print(f"{path.name}: sha256 {sha256(tmp)}")
+        verified.append(model)
 
-        download(url or BASE_URL + FILES[name], path, verify=verify, hint=by_hand(name) if official else "")
-    return load_file(path, name, map_location=map_location)
+    download(url or BASE_URL + FILES[name], path, verify=verify, hint=by_hand(name) if official else "")
+    return verified[0].to(map_location) if map_location is not None else verified[0]
 
 
 def pretrained(name, root="checkpoints", path=None, smoke=False, map_location=None):
@@ -108,7 +112,7 @@ def read_state_dict(path):
 def diagnose(path, error):
     with open(path, "rb") as f:
         head = f.read(512).lstrip().lower()
-    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
+    if head.startswith(b"<"):  # <!DOCTYPE html>, <html>, <?xml ...>
         return "it is an HTML/XML page (a failed download or an error page), not PyTorch weights."
     if "weights only" in str(error).lower() or "weights_only" in str(error):
         return ("it contains Python objects other than tensors; it was refused unread because unpickling it "

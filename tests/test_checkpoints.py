@@ -163,3 +163,13 @@ def test_offline_official_download_says_how_to_place_the_file(tmp_path, monkeypa
 def test_alternet_has_no_official_file():
     with pytest.raises(checkpoints.CheckpointError, match="load_file"):
         checkpoints.load("alternet_50")
+
+
+def test_pretrained_in_smoke_mode_needs_no_file(tmp_path):
+    model = checkpoints.pretrained("swin_ti", root=tmp_path / "none", smoke=True)
+    assert not model.training and not (tmp_path / "none").exists()
+
+
+def test_pretrained_loads_a_given_file(served):
+    model = checkpoints.pretrained("alternet_50", path=served / file_name("alternet_50"))
+    assert (logits(model) - reference_logits("alternet_50")).abs().max() < 1e-4
