@@ -102,23 +102,23 @@ def strided(module):
 
 # CNNs: a stem, stages of residual blocks, a classifier
 
-def split_residual_stages(model, stem, stem_modules, head, head_modules):
+def split_residual_stages(model, stem, stem_modules, head_name, head, head_modules):
     blocks = [Block("embed", stem, sequential(*stem_modules), stem_modules, "BCHW")]
     for stage in ("layer1", "layer2", "layer3", "layer4"):
         for i, module in enumerate(getattr(model, stage)):
             kind = "msa" if isinstance(module, alternet.AttentionBlock) else "conv"
             blocks.append(Block(kind, f"{stage}.{i}", module, [module], "BCHW", downsamples=strided(module)))
-    blocks.append(Block("head", head, head, head_modules, "logits"))
+    blocks.append(Block("head", head_name, head, head_modules, "logits"))
     return blocks
 
 
 def split_resnet(model):  # ours and AlterNet
-    return split_residual_stages(model, "layer0", [model.layer0], model.classifier, [model.classifier])
+    return split_residual_stages(model, "layer0", [model.layer0], "classifier", model.classifier, [model.classifier])
 
 
 def split_timm_resnet(model):
     stem = [model.conv1, model.bn1, model.act1, model.maxpool]
-    return split_residual_stages(model, "stem", stem, model.forward_head, [model.global_pool, model.fc])
+    return split_residual_stages(model, "stem", stem, "fc", model.forward_head, [model.global_pool, model.fc])
 
 
 # Transformers: the residual branches of each block become an msa and an mlp block

@@ -30,9 +30,13 @@ def test_blocks_compute_the_model(model):
         assert (split(net)(x) - net(x)).abs().max() < 1e-5
 
 
-def test_kind_sequence(model):
+def test_kind_sequence_and_names(model):
     name, net = model
-    assert split(net).kinds == STAGES[name]
+    blocks = split(net)
+    assert blocks.kinds == STAGES[name]
+    modules = dict(net.named_modules())
+    assert all(block.name in modules or block.name in ("patch_embed", "head") for block in blocks)
+    assert all(block.name.rsplit(".", 1)[0] in modules for block in blocks if block.kind in ("msa", "mlp"))
 
 
 def test_blocks_share_the_model_parameters(model):
