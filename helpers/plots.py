@@ -1,14 +1,30 @@
 """Figure styling shared by the notebooks: saving figures with their numbers, depth axes, block-kind shading.
 
 Only notebooks and widgets import this module; analysis modules return numbers.
+
+The depth axis, as in the authors' notebooks: the head (the logits) is not on it. Block `i` of the `n` non-head
+blocks (`layers(blocks)`, the rows of `Blocks.feature_maps`) sits at `i / (n - 1)`, and the interval that ends
+at a block, `[(i - 1)/(n - 1), i/(n - 1)]`, is shaded from its kind: grey for an MSA, blue for subsampling.
+For ResNet-50 and ViT-Ti that is exactly the authors' `pools = [4, 8, 14]` and `msas = [1, 3, ..., 23]`.
 """
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.collections import LineCollection
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.patches import Patch
+from matplotlib.ticker import FormatStrFormatter
+
+from helpers.fourier import shifted_frequencies
 
 SHADES = {"msa": ("tab:gray", 0.15), "pool": ("tab:blue", 0.15)}  # conv/mlp stay white, as in the paper
+STYLES = {"resnet": ("D", "tab:blue"), "vit": ("o", "tab:red")}  # the authors' (marker, colour) per family
+OTHER_STYLE = ("s", "tab:green")
+DEPTH_COLORMAP = "plasma"
+KIND_COLORS = {"embed": "black", "conv": "tab:blue", "msa": "tab:red", "mlp": "tab:green",
+               "pool": "tab:purple", "head": "tab:gray"}  # pool: every subsampling block, strided bottlenecks too
 
 
 def save(fig, name, folder="results", table=None):
@@ -27,19 +43,107 @@ def normalized_depth(n):
     return np.arange(n) / max(n - 1, 1)
 
 
+def layers(blocks):
+    """The blocks on the depth axis: all but the head, in order (one per `Blocks.feature_maps` entry)."""
+    return [block for block in blocks if block.kind != "head"]
+
+
 def shade_kinds(ax, blocks):
     """Shade the depth interval that ends at each MSA block grey and at each subsampling block blue.
 
-    `blocks` is a `Blocks` (or any sequence with `.kind` and `.downsamples`) laid out on `normalized_depth`.
+    `blocks` is a `Blocks` (or any sequence with `.kind` and `.downsamples`); its head, if any, is left out of
+    the axis, so that the shading lines up with curves over `Blocks.feature_maps` (see the module docstring).
     """
-    step = 1.0 / max(len(blocks) - 1, 1)
-    for depth, block in zip(normalized_depth(len(blocks)), blocks):
+    on_axis = layers(blocks)
+    step = 1.0 / max(len(on_axis) - 1, 1)
+    for depth, block in zip(normalized_depth(len(on_axis)), on_axis):
         kind = "pool" if block.downsamples else block.kind
         if kind in SHADES:
             color, alpha = SHADES[kind]
             ax.axvspan(depth - step, depth, color=color, alpha=alpha, lw=0)
     ax.set_xlim(0, 1)
     ax.set_xlabel("Normalized depth")
+
+
+def model_style(name):
+    """(marker, colour) of a model, by family: the authors' diamonds for ResNet, circles for ViT."""
+    family = name.split("_")[0].rstrip("0123456789")  # resnet_50, resnet50, vit_tiny_patch16_224 -> family
+    return STYLES.get(family, OTHER_STYLE)
+
+
+def depth_curve(ax, blocks, values, *, marker="o", color=None, label=None, highlight=None):
+    """`values` (one per non-head block) against normalized depth over the kind shading.
+
+    With `color=None` the line and markers are coloured by depth (the authors' Fig. 2b); `highlight` is a
+    block index to ring (the layer explorer's current block).
+    """
+    values = np.asarray(values, dtype=float)
+    if len(values) != len(layers(blocks)):
+        raise ValueError(f"{len(values)} values for {len(layers(blocks))} non-head blocks.")
+    depth = normalized_depth(len(values))
+    if color is None:
+        points = np.stack([depth, values], axis=1)  # n, 2
+        segments = np.stack([points[:-1], points[1:]], axis=1)  # n-1, 2 ends, 2
+        ax.add_collection(LineCollection(segments, array=depth[:-1], cmap=DEPTH_COLORMAP, norm=Normalize(0, 1),
+                                         linewidth=2.5))
+        ax.scatter(depth, values, c=depth, cmap=DEPTH_COLORMAP, norm=Normalize(0, 1), marker=marker, zorder=3,
+                   label=label)
+        ax.autoscale_view()
+    else:
+        ax.plot(depth, values, marker=marker, color=color, markersize=6, label=label)
+    if highlight is not None:
+        ax.scatter(depth[highlight], values[highlight], s=180, facecolors="none", edgecolors="black", zorder=4)
+    shade_kinds(ax, blocks)
+
+
+def frequency_curves(ax, table, *, leave_out_last=True):
+    """Fig. 2a: one Δ log amplitude curve per block of `fourier.relative_log_amplitudes`' table, coloured by
+    normalized depth, deepest drawn first. As in the authors' notebook the last block's curve is left out."""
+    n = table["block"].max() + 1
+    colormap = plt.get_cmap(DEPTH_COLORMAP)
+    for block in reversed(range(n - 1 if leave_out_last else n)):
+        curve = table[table["block"] == block].sort_values("entry")
+        ax.plot(curve["frequency"], curve["delta_log_amplitude"], color=colormap(normalized_depth(n)[block]))
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("Frequency")
+    ax.set_ylabel(r"$\Delta$ Log amplitude")
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%.1fπ"))
+    ax.figure.colorbar(plt.cm.ScalarMappable(Normalize(0, 1), DEPTH_COLORMAP), ax=ax, label="Normalized depth")
+
+
+def spectrum_image(ax, spectrum):
+    """A shifted 2-D log-amplitude spectrum with its frequency axes (units of π, zero in the middle)."""
+    height, width = spectrum.shape[-2:]
+
+    def edges(size):  # outer edges of the first and last pixel; a pixel spans 2/size in units of π
+        low, high = shifted_frequencies(size)[[0, -1]].tolist()
+        return low - 1.0 / size, high + 1.0 / size
+
+    image = ax.imshow(np.asarray(spectrum, dtype=float), cmap="magma", origin="lower", extent=(*edges(width), *edges(height)))
+    ax.set_xlabel("Frequency (π)")
+    ax.set_ylabel("Frequency (π)")
+    ax.figure.colorbar(image, ax=ax, label="Log amplitude")
+
+
+def similarity_heatmap(ax, matrix, blocks_a, blocks_b):
+    """A block-by-block similarity `matrix` (rows: `blocks_a`, input at the bottom left) with strips along both
+    axes coloured by block kind, and a legend of the kinds present."""
+    image = ax.imshow(np.asarray(matrix), origin="lower", cmap="magma", vmin=0, vmax=1, aspect="auto")
+    ax.figure.colorbar(image, ax=ax, label="CKA", pad=0.02)
+    index = {kind: i for i, kind in enumerate(KIND_COLORS)}
+    kinds = [["pool" if b.downsamples else b.kind for b in blocks] for blocks in (blocks_a, blocks_b)]
+    for bounds, strip_kinds, vertical in (([0, -0.05, 1, 0.035], kinds[1], False),
+                                          ([-0.05, 0, 0.035, 1], kinds[0], True)):
+        strip = ax.inset_axes(bounds)
+        codes = np.array([[index[k] for k in strip_kinds]])  # 1, blocks
+        strip.imshow(codes.T if vertical else codes, origin="lower", aspect="auto",
+                     cmap=ListedColormap(list(KIND_COLORS.values())), vmin=-0.5, vmax=len(KIND_COLORS) - 0.5)
+        strip.set_axis_off()
+    ax.set_xticks([]), ax.set_yticks([])
+    present = [k for k in KIND_COLORS if k in kinds[0] + kinds[1]]
+    ax.legend([Patch(color=KIND_COLORS[k]) for k in present], present, loc="upper left", bbox_to_anchor=(1.25, 1),
+              frameon=False, title="block kind")
+    return image
 
 
 def use_style():

@@ -1,0 +1,146 @@
+"""Fig. 2: relative log amplitude of Fourier-transformed feature maps (MSAs are low-pass filters).
+
+For a batch of feature maps `B, C, H, W` (token outputs become maps in `helpers.blocks`, class tokens dropped)
+we follow the authors' `fourier_analysis.ipynb`: the 2-D FFT over `H, W`; the log of the amplitude plus 1e-6;
+the mean over the batch and the channels; the spectrum shifted so that the zero frequency sits at
+`(H // 2, W // 2)` (their `torch.roll` by `(int(h/2), int(w/2))`, which is `fftshift`); then the main diagonal
+from the zero frequency outward, `diagonal[H // 2:]`, minus its first entry. Entry `k` of that half diagonal
+is the frequency `(2πk/H, 2πk/H)`: `k` cycles per `H` points along both axes. It has `ceil(H/2)` entries, so
+the last one is `π (H - 1)/H` for odd `H` and `π (1 - 2/H)` for even `H`: for even sizes the shift sends the
+Nyquist frequency π (a checkerboard) to the corner `(0, 0)`, which the half diagonal never reaches.
+`shifted_frequencies(H)` gives the frequency of every row of the shifted spectrum, in units of π; the authors'
+plot instead spreads each curve evenly over 0 to 1π. "The highest frequency" of Fig. 2b is the last entry.
+
+The mean of log amplitudes over images is linear, so `spectra` accumulates it batch by batch and gives exactly
+the one-big-batch result. `imagenet_model` / `imagenet_images` (at the end) are the authors' own setting:
+timm's ImageNet-pretrained models on ImageNet validation images.
+"""
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+
+EPSILON = 1e-6  # the authors' floor under the amplitude before the log
+
+
+def log_amplitude_spectrum(x):
+    """The shifted 2-D spectrum `H, W` of `x` (`B, C, H, W`): log(|FFT| + 1e-6) averaged over batch and channels."""
+    if x.ndim != 4:
+        raise ValueError(f"Expected feature maps B, C, H, W, got shape {tuple(x.shape)}; "
+                         f"turn tokens into maps with Block.to_map first.")
+    log_amplitude = (torch.fft.fft2(x.float()).abs() + EPSILON).log()  # B, C, H, W
+    return torch.fft.fftshift(log_amplitude.mean(dim=(0, 1)), dim=(-2, -1))  # zero frequency at (H//2, W//2)
+
+
+def half_diagonal(spectrum):
+    """Entries `(H//2 + k, H//2 + k)` of a shifted square spectrum, minus the zero frequency's: `ceil(H/2)` values."""
+    height, width = spectrum.shape[-2:]
+    if height != width:
+        raise ValueError(f"The half diagonal needs a square spectrum, got {height} x {width}.")
+    diagonal = spectrum.diagonal(dim1=-2, dim2=-1)[..., height // 2:]
+    return diagonal - diagonal[..., :1]
+
+
+def relative_log_amplitude(x):
+    """The authors' Fig. 2 curve of the feature maps `x` (`B, C, H, W`): Δ log amplitude at `frequencies(H)`."""
+    return half_diagonal(log_amplitude_spectrum(x))
+
+
+def shifted_frequencies(size):
+    """The frequency of each row (column) of a shifted spectrum of `size`, in units of π: 2(j - size//2)/size."""
+    return 2 * (torch.arange(size) - size // 2) / size
+
+
+def frequencies(size):
+    """The frequency of each entry of the half diagonal, in units of π: 2k/size for k < ceil(size/2)."""
+    return shifted_frequencies(size)[size // 2:]
+
+
+@torch.no_grad()
+def spectra(blocks, batches):
+    """The mean shifted log-amplitude spectrum of every non-head block's feature maps over all images.
+
+    `blocks` is `helpers.blocks.split(model)`; `batches` yields image tensors or (images, labels) pairs (a
+    DataLoader). Each batch goes through the model once (`Blocks.feature_maps`); only per-block sums are kept.
+    """
+    device = next(blocks.parameters()).device
+    sums, count = None, 0
+    for batch in batches:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        maps = blocks.feature_maps(images.to(device))
+        batch_sums = [log_amplitude_spectrum(m) * len(images) for m in maps]
+        sums = batch_sums if sums is None else [s + b for s, b in zip(sums, batch_sums)]
+        count += len(images)
+    if not count:
+        raise ValueError("No images: `batches` yielded nothing.")
+    return [(s / count).cpu() for s in sums]
+
+
+def relative_log_amplitudes(blocks, spectra):
+    """Fig. 2a as a table, one row per (block, frequency): `block` (index among the non-head blocks), `depth`
+    (block / (blocks - 1), the plots' axis), `name`, `kind`, `entry` (k), `frequency` (in units of π) and
+    `delta_log_amplitude`."""
+    rows = []
+    layers = [b for b in blocks if b.kind != "head"]
+    if len(layers) != len(spectra):
+        raise ValueError(f"{len(spectra)} spectra for {len(layers)} non-head blocks; compute them with spectra(blocks, ...).")
+    for index, (block, spectrum) in enumerate(zip(layers, spectra)):
+        curve = half_diagonal(spectrum)
+        for entry, (frequency, value) in enumerate(zip(frequencies(spectrum.shape[-1]), curve)):
+            rows.append({"block": index, "depth": index / max(len(layers) - 1, 1), "name": block.name,
+                         "kind": block.kind, "entry": entry, "frequency": frequency.item(),
+                         "delta_log_amplitude": value.item()})
+    return pd.DataFrame(rows)
+
+
+def highest_frequency(table):
+    """Fig. 2b: each block's row at its last (highest) frequency, from `relative_log_amplitudes`."""
+    return table.sort_values(["block", "entry"]).groupby("block", as_index=False).last()
+
+
+# The authors' own setting: ImageNet-pretrained timm models on ImageNet validation images (needs the hub)
+
+IMAGENET_MODELS = {"resnet_50": "resnet50", "vit_ti": "vit_tiny_patch16_224", "pit_ti": "pit_ti_224",
+                   "swin_ti": "swin_tiny_patch4_window7_224"}
+
+
+def imagenet_model(name):
+    """timm's ImageNet-pretrained counterpart of `name` (e.g. `vit_ti` -> `vit_tiny_patch16_224`), in eval mode."""
+    import timm
+
+    if name not in IMAGENET_MODELS:
+        raise ValueError(f"No ImageNet-pretrained timm model stands for {name!r}; choose one of: "
+                         f"{', '.join(IMAGENET_MODELS)}.")
+    return timm.create_model(IMAGENET_MODELS[name], pretrained=True).eval()
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """The JPEG/PNG files of a flat folder, sorted by name, as (image, -1) pairs (no labels)."""
+
+    def __init__(self, folder, transform):
+        self.files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        return self.transform(Image.open(self.files[index]).convert("RGB")), -1
+
+
+def imagenet_images(folder, model, n=None):
+    """The first `n` images of `folder` (an ImageFolder tree or a flat folder of JPEGs) with `model`'s timm eval
+    transform (resize, 224 centre crop, the normalisation of its data config)."""
+    import timm.data
+    from torchvision import datasets
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No folder of ImageNet validation images at {folder}.")
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    nested = any(p.is_dir() for p in folder.iterdir())
+    images = datasets.ImageFolder(folder, transform) if nested else ImageFiles(folder, transform)
+    if not len(images):
+        raise FileNotFoundError(f"No images in {folder}.")
+    return torch.utils.data.Subset(images, range(min(n or len(images), len(images))))

@@ -1,0 +1,84 @@
+"""helpers.plots: the depth axis and shading line up with the authors' hand-typed index lists."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from helpers import models, plots  # noqa: E402
+from helpers.blocks import split  # noqa: E402
+
+# From the authors' fourier_analysis.ipynb / featuremap_variance.ipynb: indices into the non-head blocks,
+# each shading [(i - 1)/depth, i/depth] with depth = number of non-head blocks - 1.
+AUTHORS = {"resnet_50": {"pools": [4, 8, 14], "msas": [], "depth": 16},
+           "vit_ti": {"pools": [], "msas": list(range(1, 24, 2)), "depth": 24}}
+
+
+def spans(ax, color):
+    rgba = matplotlib.colors.to_rgba(color, 0.15)
+    return sorted((round(p.get_x(), 9), round(p.get_x() + p.get_width(), 9)) for p in ax.patches
+                  if np.allclose(p.get_facecolor(), rgba))
+
+
+@pytest.mark.parametrize("name", list(AUTHORS))
+def test_shading_matches_the_authors_index_lists(name):
+    authors = AUTHORS[name]
+    fig, ax = plt.subplots()
+    plots.shade_kinds(ax, split(models.create(name)))  # the head is part of the Blocks and left off the axis
+    depth = authors["depth"]
+    assert spans(ax, "tab:blue") == [(round((i - 1) / depth, 9), round(i / depth, 9)) for i in authors["pools"]]
+    assert spans(ax, "tab:gray") == [(round((i - 1) / depth, 9), round(i / depth, 9)) for i in authors["msas"]]
+    assert ax.get_xlim() == (0, 1)
+    plt.close(fig)
+
+
+def test_depth_curve_puts_block_i_at_i_over_n_minus_1():
+    blocks = split(models.create("vit_ti"))
+    fig, ax = plt.subplots()
+    plots.depth_curve(ax, blocks, np.arange(25.0), color="tab:red")
+    x, y = ax.lines[0].get_data()
+    assert np.allclose(x, np.arange(25) / 24) and np.allclose(y, np.arange(25))
+    with pytest.raises(ValueError, match="26 values for 25 non-head blocks"):
+        plots.depth_curve(ax, blocks, np.arange(26.0))
+    plots.depth_curve(ax, blocks, np.arange(25.0), highlight=3)  # coloured by depth, the authors' Fig. 2b
+    plt.close(fig)
+
+
+def test_frequency_curves_leave_out_the_last_block_like_the_authors():
+    table = pd.DataFrame([{"block": b, "entry": k, "frequency": k / 4, "delta_log_amplitude": -b * k}
+                          for b in range(3) for k in range(4)])
+    fig, ax = plt.subplots()
+    plots.frequency_curves(ax, table)
+    assert len(ax.lines) == 2
+    assert np.allclose(ax.lines[-1].get_ydata(), [0, 0, 0, 0])  # shallowest drawn last, on top
+    plt.close(fig)
+
+
+def test_spectrum_image_axes_are_the_shifted_frequencies():
+    fig, ax = plt.subplots()
+    plots.spectrum_image(ax, torch.zeros(4, 4))
+    assert np.allclose(ax.images[0].get_extent(), [-1.25, 0.75, -1.25, 0.75])  # pixel centres -1, -0.5, 0, 0.5
+    plt.close(fig)
+
+
+def test_save_writes_png_pdf_csv_and_depths(tmp_path):
+    fig, ax = plt.subplots()
+    paths = plots.save(fig, "x", tmp_path, table={"a": [1, 2]})
+    assert all(p.exists() for p in paths) and [p.suffix for p in paths] == [".png", ".pdf", ".csv"]
+    assert plots.normalized_depth(5).tolist() == [0, 0.25, 0.5, 0.75, 1]
+    assert plots.model_style("resnet_50") == plots.model_style("resnet50") == ("D", "tab:blue")
+    assert plots.model_style("vit_tiny_patch16_224")[0] == "o" and plots.model_style("pit_ti")[0] == "s"
+    plt.close(fig)
+
+
+def test_similarity_heatmap_marks_block_kinds():
+    blocks_a, blocks_b = split(models.create("pit_ti")), split(models.create("resnet_18"))
+    fig, ax = plt.subplots()
+    image = plots.similarity_heatmap(ax, np.eye(len(blocks_a), len(blocks_b)), blocks_a, blocks_b)
+    assert image.get_array().shape == (len(blocks_a), len(blocks_b))
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["embed", "conv", "msa", "mlp", "pool", "head"]  # PiT's pools and ResNet's strided blocks
+    plt.close(fig)
