@@ -1,0 +1,211 @@
+"""Layer-by-layer representation similarity: linear CKA between every block of one model and every block of
+another (Raghu et al., NeurIPS 2021, "Do vision transformers see like convolutional neural networks?"), beyond
+the figures of Park & Kim (ICLR 2022).
+
+For blocks with features X (n x p) and Y (n x q) on a batch of n examples, K = X Xᵀ and L = Y Yᵀ are the linear
+Gram matrices. HSIC is the unbiased estimator of Song et al. (2012): with the diagonals of K and L zeroed,
+
+    HSIC_1(K, L) = [tr(KL) + 1ᵀK1 1ᵀL1 / ((n-1)(n-2)) - 2/(n-2) 1ᵀKL1] / (n(n-3)),
+
+and CKA is the minibatch estimator of Nguyen, Raghu and Kornblith (ICLR 2021), summed over batches of one fixed
+size n >= 4 in float64:
+
+    CKA(X, Y) = Σ_b HSIC_1(K_b, L_b) / sqrt(Σ_b HSIC_1(K_b, K_b) · Σ_b HSIC_1(L_b, L_b)).
+
+HSIC_1 is bilinear, so it is computed as an inner product: each Gram matrix is "unbiased-centred" once per batch
+(diagonal zeroed, row and column means of the off-diagonal part removed so that <K̃, L̃> / (n(n-3)) equals the
+formula above), and one matrix product of the flattened centred Grams gives every pair of blocks of every pair of
+models. Each batch costs one forward pass per model and one Gram matrix per block.
+
+A block's output is flattened per example; the order of features does not matter to a linear Gram matrix, so
+token grids, channels-first and channels-last maps need no reordering. `class_token` chooses what a token block
+(`Block.layout == "BNC"` with `prefix_tokens`, i.e. ViT and PiT) contributes: "keep" all tokens, "drop" the class
+tokens, or "class" only the class tokens; blocks without class tokens (ResNet, Swin, heads) always give their
+whole output.
+"""
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from itertools import combinations_with_replacement
+from pathlib import Path
+
+import pandas as pd
+import torch
+from einops import rearrange
+from tqdm.auto import tqdm
+
+from helpers.blocks import Blocks, split
+
+CLASS_TOKEN = ("keep", "drop", "class")
+
+
+def flatten(block, output, *, class_token="keep"):
+    """`output` of `block` as one row of features per example, `B, D`."""
+    if class_token not in CLASS_TOKEN:
+        raise ValueError(f"class_token={class_token!r}; choose one of {CLASS_TOKEN}")
+    if block.layout == "BNC" and block.prefix_tokens:
+        if class_token == "drop":
+            output = output[:, block.prefix_tokens:]
+        elif class_token == "class":
+            output = output[:, :block.prefix_tokens]
+    return output.flatten(1)  # b ... -> b (...)
+
+
+def gram(features):
+    """The linear Gram matrix `X Xᵀ` of `B, D` features, in float64 (MPS has no float64: it is computed there in
+    float32 and moved to the CPU)."""
+    if features.device.type == "mps":
+        return (features @ features.T).cpu().double()
+    features = features.double()
+    return features @ features.T
+
+
+def unbiased_centered(grams):
+    """`..., n, n` Gram matrices centred so that `<K̃, L̃> / (n(n-3))` is the unbiased HSIC_1(K, L)."""
+    n = grams.shape[-1]
+    if n < 4:
+        raise ValueError(f"the unbiased HSIC needs batches of at least 4 examples, got {n}")
+    off_diagonal = 1 - torch.eye(n, dtype=grams.dtype, device=grams.device)
+    grams = grams * off_diagonal
+    means = grams.sum(-1) / (n - 2)
+    means = means - means.sum(-1, keepdim=True) / (2 * (n - 1))
+    return (grams - means[..., :, None] - means[..., None, :]) * off_diagonal
+
+
+@dataclass
+class Similarity:
+    """CKA between every block of model `a` (rows) and of model `b` (columns)."""
+    cka: torch.Tensor  # len(names_a), len(names_b); float64
+    names_a: list
+    names_b: list
+    kinds_a: list
+    kinds_b: list
+    batches: int
+    batch_size: int
+
+    def table(self):
+        """The CKA matrix with block names: a column `block` of `a`'s blocks, then one column per block of `b`."""
+        table = pd.DataFrame(self.cka.numpy(), columns=self.names_b)
+        table.insert(0, "block", self.names_a)
+        return table
+
+
+class MinibatchCKA:
+    """Sums of unbiased HSIC over batches, for every pair of blocks of every pair of `models` (a dict of name ->
+    model or `Blocks`; a model is compared with itself and with every other). `add(images)` takes one batch;
+    `similarity(a, b)` is the CKA so far."""
+
+    def __init__(self, models, *, class_token="keep"):
+        if class_token not in CLASS_TOKEN:
+            raise ValueError(f"class_token={class_token!r}; choose one of {CLASS_TOKEN}")
+        self.blocks = {name: m if isinstance(m, Blocks) else split(m) for name, m in models.items()}
+        self.class_token = class_token
+        self.pairs = list(combinations_with_replacement(self.blocks, 2))  # (a, b) in the dict's order, a before b
+        self.cross = {pair: torch.zeros(len(self.blocks[pair[0]]), len(self.blocks[pair[1]]), dtype=torch.float64)
+                      for pair in self.pairs}  # Σ_b HSIC_1 between the blocks of a and of b; diagonal pairs hold
+        self.batches, self.batch_size = 0, None  # the self-HSICs Σ_b HSIC_1(K_b, K_b) on their diagonals
+
+    @torch.no_grad()
+    def centered_grams(self, name, images):
+        """One forward pass of model `name`; its blocks' unbiased-centred Grams flattened, `blocks, n*n`."""
+        blocks = self.blocks[name]
+        device = next(iter(blocks.parameters()), images).device
+        features = blocks.features(images.to(device))
+        grams = torch.stack([gram(flatten(block, output, class_token=self.class_token))
+                             for block, output in zip(blocks, features)])  # blocks, n, n
+        return rearrange(unbiased_centered(grams), "l i j -> l (i j)")
+
+    def add(self, images):
+        """Add one batch of `n` images (`n` the same for every batch)."""
+        n = images.shape[0]
+        if self.batch_size is not None and n != self.batch_size:
+            raise ValueError(f"the minibatch estimator sums batches of one size: this one has {n} examples, "
+                             f"the first had {self.batch_size}")
+        flat = {name: self.centered_grams(name, images) for name in self.blocks}
+        scale = n * (n - 3)
+        for a, b in self.pairs:
+            self.cross[a, b] += (flat[a] @ flat[b].T).cpu() / scale
+        self.batch_size, self.batches = n, self.batches + 1
+
+    def similarity(self, a, b):
+        """CKA between the blocks of model `a` (rows) and of model `b` (columns); NaN before any batch."""
+        if (a, b) not in self.cross:
+            if (b, a) not in self.cross:
+                raise KeyError(f"no models {a!r} and {b!r}; have {list(self.blocks)}")
+            return transposed(self.similarity(b, a))
+        self_a, self_b = self.cross[a, a].diagonal(), self.cross[b, b].diagonal()
+        cka = self.cross[a, b] / torch.sqrt(self_a[:, None] * self_b[None, :])
+        blocks_a, blocks_b = self.blocks[a], self.blocks[b]
+        return Similarity(cka, [b.name for b in blocks_a], [b.name for b in blocks_b], blocks_a.kinds, blocks_b.kinds,
+                          self.batches, self.batch_size)
+
+    def state_dict(self):
+        return {"cross": [[a, b, sums] for (a, b), sums in self.cross.items()], "batches": self.batches,
+                "batch_size": self.batch_size, "class_token": self.class_token,
+                "blocks": {name: [b.name for b in blocks] for name, blocks in self.blocks.items()}}
+
+    def load_state_dict(self, state, *, source="the saved state"):
+        mine = self.state_dict()
+        for key in ("class_token", "blocks"):
+            if state[key] != mine[key]:
+                raise ValueError(f"{source} was computed with {key}={state[key]!r}, not {mine[key]!r}; "
+                                 "delete it or choose another path")
+        self.cross = {(a, b): sums for a, b, sums in state["cross"]}
+        self.batches, self.batch_size = state["batches"], state["batch_size"]
+
+
+def transposed(similarity):
+    s = similarity
+    return Similarity(s.cka.T, s.names_b, s.names_a, s.kinds_b, s.kinds_a, s.batches, s.batch_size)
+
+
+def save_atomically(state, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.part")
+    torch.save(state, partial)
+    os.replace(partial, path)  # a crash leaves the previous complete file
+
+
+def minibatch_cka(models, batches, *, class_token="keep", path=None, progress=True):
+    """Accumulate `MinibatchCKA(models)` over `batches` (images, or (images, labels) pairs, all of one size).
+
+    With `path`, the sums are saved there after every batch and a rerun resumes from them, skipping as many
+    batches as were done: give it the same data in the same order (the first batch is checked). A last batch
+    of another size (a dataset that is not a multiple of the batch size) is left out with a warning.
+    """
+    accumulator = MinibatchCKA(models, class_token=class_token)
+    state = {"read": 0, "first_sum": None}
+    if path is not None and Path(path).exists():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        accumulator.load_state_dict(saved["sums"], source=str(path))
+        state = saved["stream"]
+    total = len(batches) if hasattr(batches, "__len__") else None
+    for index, batch in enumerate(tqdm(batches, total=total, desc="CKA batches", disable=not progress)):
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if index == 0:
+            first_sum = images.double().sum().item()
+            if state["first_sum"] is not None and not math.isclose(first_sum, state["first_sum"], rel_tol=1e-9):
+                raise ValueError(f"{path} was computed on other data (its first batch differs: other images, order "
+                                 "or batch size); delete it to start again or give the same batches in the same order")
+            state["first_sum"] = first_sum
+        if index < state["read"]:
+            continue
+        if accumulator.batch_size not in (None, images.shape[0]):
+            warnings.warn(f"left out a batch of {images.shape[0]} examples: the estimator sums batches of "
+                          f"{accumulator.batch_size}")
+        else:
+            accumulator.add(images)
+        state["read"] = index + 1
+        if path is not None:
+            save_atomically({"sums": accumulator.state_dict(), "stream": state}, path)
+    return accumulator
+
+
+def cka(model_a, model_b, batches, *, class_token="keep", path=None, progress=True):
+    """CKA between every block of `model_a` and every block of `model_b` (the same model is compared with itself
+    from one forward pass per batch); see `minibatch_cka`."""
+    models = {"a": model_a} if model_b is model_a else {"a": model_a, "b": model_b}
+    accumulator = minibatch_cka(models, batches, class_token=class_token, path=path, progress=progress)
+    return accumulator.similarity("a", "b" if "b" in models else "a")
