@@ -10,16 +10,21 @@ so an interrupted download never passes for a finished one. A `url` override
 (a mirror, or the tests' loopback server) cannot match the official MD5s, so its archive and files are
 accepted by structure: the archive holds, and extracts to, every file the reader expects.
 """
+import hashlib
 import os
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets, transforms
 from torchvision.datasets.utils import check_integrity, extract_archive
 
 from helpers.download import DownloadError, download
+from helpers.download import download as fetch  # for cifar100c, whose `download` flag shadows the name
 
 # From the authors' configs/cifar{10,100}_*.yaml (the same in every config of a dataset).
 MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4867, 0.4408)}
@@ -133,3 +138,137 @@ def synthetic(n=64, name="cifar100", *, seed=0):
     pixels = torch.randint(0, 256, (n, 3, 32, 32), generator=generator, dtype=torch.uint8)
     labels = torch.randint(0, NUM_CLASSES[name], (n,), generator=generator)
     return TensorDataset(normalize(name)(pixels / 255), labels)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CIFAR-100-C (Hendrycks & Dietterich, 2019): the CIFAR-100 test set under 19 corruptions at 5 severities.
+#
+# The archive holds CIFAR-100-C/NAME.npy (uint8 images, N x 32 x 32 x 3, severity 1 to 5 one after another) and
+# CIFAR-100-C/labels.npy. It is downloaded whole, its MD5 checked before anything is extracted, and extracted
+# member by member checks into a temporary folder that is renamed into place, so a half-extracted folder never
+# passes for a finished one. Arrays are memory-mapped: a severity is a slice of the file, read when used.
+# ---------------------------------------------------------------------------------------------------------------
+
+CIFAR100C_URL = "https://zenodo.org/record/3555552/files/CIFAR-100-C.tar"
+CIFAR100C_MD5 = "11f0ed0f1191edbf9fa23466ae6021d3"
+CIFAR100C_FOLDER = "CIFAR-100-C"
+# The 15 corruptions whose mean is the benchmark's number, then the 4 extra ones (the authors' ops/datasets.py).
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+               "jpeg_compression")
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+ALL_CORRUPTIONS = CORRUPTIONS + EXTRA_CORRUPTIONS
+SEVERITIES = (1, 2, 3, 4, 5)
+
+
+class CorruptedCIFAR:
+    """A CIFAR-C folder: `images(corruption, severity)` (uint8 N x 32 x 32 x 3, memory-mapped) and `labels()`."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        labels = self.folder / "labels.npy"
+        if not labels.is_file():
+            raise FileNotFoundError(f"{labels} is missing: {self.folder} is not a CIFAR-C folder. "
+                                    "Delete the folder to download and extract it again.")
+        self._labels = np.load(labels, mmap_mode="r")
+        if len(self._labels) % len(SEVERITIES):
+            raise ValueError(f"{labels} has {len(self._labels)} rows, not a multiple of {len(SEVERITIES)} severities")
+        self.per_severity = len(self._labels) // len(SEVERITIES)
+        self.corruptions = tuple(name for name in ALL_CORRUPTIONS if (self.folder / f"{name}.npy").is_file())
+
+    def _rows(self, severity):
+        if severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, not {severity!r}")
+        return slice(self.per_severity * (severity - 1), self.per_severity * severity)
+
+    def images(self, corruption, severity):
+        """The images of `corruption` at `severity` (the severity-th fifth of the file's rows), not yet read."""
+        if corruption not in self.corruptions:
+            raise ValueError(f"{corruption!r} is not in {self.folder}; it holds {', '.join(self.corruptions)}")
+        images = np.load(self.folder / f"{corruption}.npy", mmap_mode="r")
+        if images.dtype != np.uint8 or images.shape[1:] != (32, 32, 3) or len(images) != len(self._labels):
+            raise ValueError(f"{self.folder / corruption}.npy holds {images.dtype} {images.shape}; expected uint8 "
+                             f"({len(self._labels)}, 32, 32, 3) like labels.npy. Delete the folder to extract it again.")
+        return images[self._rows(severity)]
+
+    def labels(self, severity=1):
+        """Class indices (int64) of the images of any corruption at `severity` (the same test images each time)."""
+        return np.array(self._labels[self._rows(severity)], dtype=np.int64)
+
+
+def _md5(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_members(tar, target):
+    """Refuse any member that is not a plain file or folder, or whose path would land outside `target`."""
+    target = Path(target).resolve()
+    for member in tar.getmembers():
+        path = (target / member.name).resolve()
+        if not (member.isfile() or member.isdir()):
+            raise RuntimeError(f"refusing to extract {member.name!r}: links and special files are not allowed")
+        if Path(member.name).is_absolute() or ".." in Path(member.name).parts or target not in (path, *path.parents):
+            raise RuntimeError(f"refusing to extract {member.name!r}: it would land outside {target}")
+
+
+def safe_extract(archive, target):
+    """Extract the tar `archive` into `target` after checking every member (no `..`, absolute paths or links)."""
+    with tarfile.open(archive) as tar:
+        _check_members(tar, target)
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: the standard library checks again
+            tar.extractall(target, filter="data")
+        else:
+            tar.extractall(target)
+
+
+def cifar100c(root="data", *, download=True, url=None):
+    """CIFAR-100-C in `root`/CIFAR-100-C, downloaded (2.9 GB) and extracted when absent.
+
+    The archive must match `CIFAR100C_MD5` before anything is extracted; `url` replaces the official location
+    (a mirror of the same file). An archive put in `root` by hand as CIFAR-100-C.tar is used without download.
+    """
+    root = Path(root)
+    folder, archive = root / CIFAR100C_FOLDER, root / f"{CIFAR100C_FOLDER}.tar"
+    if folder.is_dir():
+        return CorruptedCIFAR(folder)
+    url = url or CIFAR100C_URL
+    hint = f"Download {CIFAR100C_URL} by hand and put it in {root}/ as {archive.name}: it is extracted on the next call."
+
+    def verify(path):
+        if _md5(path) != CIFAR100C_MD5:
+            raise DownloadError(f"the download of {url} does not match the MD5 {CIFAR100C_MD5} (corrupted or "
+                                f"not CIFAR-100-C); nothing was kept. {hint}")
+
+    if not archive.is_file():
+        if not download:
+            raise RuntimeError(f"CIFAR-100-C is not in {root}/ and download=False. {hint}")
+        try:
+            fetch(url, archive, verify=verify, hint=hint)
+        except DownloadError as error:
+            raise RuntimeError(f"CIFAR-100-C could not be downloaded: {error}") from error
+    elif _md5(archive) != CIFAR100C_MD5:
+        raise RuntimeError(f"{archive} does not match the MD5 {CIFAR100C_MD5}: delete it and run again to download it.")
+    partial = Path(tempfile.mkdtemp(dir=root, prefix=f".{CIFAR100C_FOLDER}."))
+    try:
+        safe_extract(archive, partial)
+        if not (partial / CIFAR100C_FOLDER / "labels.npy").is_file():
+            raise RuntimeError(f"{archive} holds no {CIFAR100C_FOLDER}/labels.npy; delete it and download it again.")
+        os.replace(partial / CIFAR100C_FOLDER, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return CorruptedCIFAR(folder)
+
+
+def synthetic_cifar100c(folder, n=4, *, corruptions=ALL_CORRUPTIONS, seed=0):
+    """Write a CIFAR-100-C-like folder of random images (`n` per severity) into `folder`, for smoke runs."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "labels.npy", np.tile(rng.integers(0, NUM_CLASSES["cifar100"], n), len(SEVERITIES)))
+    for name in corruptions:
+        np.save(folder / f"{name}.npy", rng.integers(0, 256, (n * len(SEVERITIES), 32, 32, 3), dtype=np.uint8))
+    return CorruptedCIFAR(folder)

@@ -1,0 +1,343 @@
+"""helpers.robustness and the CIFAR-100-C section of helpers.data, against hand computations and a fake archive
+in the real layout served from a loopback HTTP server."""
+import hashlib
+import io
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from helpers import data, robustness
+from http_server import refusing, serve
+
+PER_SEVERITY = 2  # images per severity in the fake archive
+
+
+# --- a fake CIFAR-100-C --------------------------------------------------------------------------------------------
+
+def fake_arrays(corruptions=data.ALL_CORRUPTIONS, n=PER_SEVERITY, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.tile(rng.integers(0, 100, n), 5).astype(np.int64)
+    return {name: rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8) for name in corruptions}, labels
+
+
+def write_folder(folder, arrays, labels):
+    folder.mkdir(parents=True)
+    np.save(folder / "labels.npy", labels)
+    for name, images in arrays.items():
+        np.save(folder / f"{name}.npy", images)
+    return folder
+
+
+def write_tar(path, folder, extra=()):
+    """`folder` as CIFAR-100-C/ in the tar at `path`, plus `extra` (name, TarInfo type) members."""
+    with tarfile.open(path, "w") as tar:
+        tar.add(folder, arcname="CIFAR-100-C")
+        for name, kind in extra:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            payload = b"" if kind != tarfile.REGTYPE else b"evil"
+            info.size = len(payload)
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "/etc/passwd"
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def md5(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def fake():
+    return fake_arrays()
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory, fake):
+    """A folder holding a fake CIFAR-100-C.tar in the real layout."""
+    root = tmp_path_factory.mktemp("mirror")
+    write_tar(root / "CIFAR-100-C.tar", write_folder(root / "build" / "CIFAR-100-C", *fake))
+    return root
+
+
+def test_download_checks_the_md5_then_reads_severities_from_memory_maps(mirror, fake, tmp_path, monkeypatch):
+    arrays, labels = fake
+    monkeypatch.setattr(data, "CIFAR100C_MD5", md5(mirror / "CIFAR-100-C.tar"))
+    with serve(mirror) as base:
+        corrupted = data.cifar100c(tmp_path, url=f"{base}/CIFAR-100-C.tar")
+    assert corrupted.corruptions == data.ALL_CORRUPTIONS
+    for name in ("gaussian_noise", "saturate"):
+        for severity in data.SEVERITIES:
+            rows = slice(PER_SEVERITY * (severity - 1), PER_SEVERITY * severity)
+            images = corrupted.images(name, severity)
+            assert isinstance(images, np.memmap)  # read when used, not loaded whole
+            assert np.array_equal(images, arrays[name][rows])
+            assert np.array_equal(corrupted.labels(severity), labels[rows])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CIFAR-100-C", "CIFAR-100-C.tar"]  # no leftovers
+    with refusing() as base:  # the second time, nothing is downloaded
+        assert data.cifar100c(tmp_path, url=f"{base}/CIFAR-100-C.tar").per_severity == PER_SEVERITY
+
+
+def test_a_wrong_checksum_fails_before_anything_is_extracted(mirror, tmp_path):
+    with serve(mirror) as base:
+        with pytest.raises(RuntimeError, match="does not match the MD5 11f0ed0f"):
+            data.cifar100c(tmp_path, url=f"{base}/CIFAR-100-C.tar")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "CIFAR-100-C.tar").write_bytes((mirror / "CIFAR-100-C.tar").read_bytes())  # put there by hand
+    with pytest.raises(RuntimeError, match="does not match the MD5.*delete it"):
+        data.cifar100c(tmp_path, download=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["CIFAR-100-C.tar"]
+
+
+@pytest.mark.parametrize("member", [("CIFAR-100-C/../../evil.txt", tarfile.REGTYPE), ("/tmp/evil.txt", tarfile.REGTYPE),
+                                    ("CIFAR-100-C/link.npy", tarfile.SYMTYPE)], ids=["dotdot", "absolute", "symlink"])
+def test_members_outside_the_folder_and_links_are_refused(fake, tmp_path, monkeypatch, member):
+    source = tmp_path / "source"
+    archive = write_tar(tmp_path / "CIFAR-100-C.tar", write_folder(source / "CIFAR-100-C", *fake), extra=[member])
+    root = tmp_path / "data" / "inner"
+    root.mkdir(parents=True)
+    (root / "CIFAR-100-C.tar").write_bytes(archive.read_bytes())
+    monkeypatch.setattr(data, "CIFAR100C_MD5", md5(archive))
+    with pytest.raises(RuntimeError, match="refusing to extract"):
+        data.cifar100c(root, download=False)
+    assert [p.name for p in root.iterdir()] == ["CIFAR-100-C.tar"]
+    assert not list(tmp_path.rglob("evil.txt")) and not list(tmp_path.rglob("link.npy"))
+
+
+def test_missing_data_and_bad_files_give_clear_errors(fake, tmp_path):
+    with pytest.raises(RuntimeError, match="download=False. Download https://zenodo.org/record/3555552"):
+        data.cifar100c(tmp_path / "empty", download=False)
+    with refusing() as base:
+        with pytest.raises(RuntimeError, match="could not be downloaded"):
+            data.cifar100c(tmp_path / "offline", url=f"{base}/CIFAR-100-C.tar")
+    arrays, labels = fake
+    corrupted = data.CorruptedCIFAR(write_folder(tmp_path / "c", {"fog": arrays["fog"]}, labels))
+    with pytest.raises(ValueError, match="severity must be one of"):
+        corrupted.images("fog", 6)
+    with pytest.raises(ValueError, match="'snow' is not in"):
+        corrupted.images("snow", 1)
+    np.save(tmp_path / "c" / "labels.npy", labels[:7])
+    with pytest.raises(ValueError, match="not a multiple of 5"):
+        data.CorruptedCIFAR(tmp_path / "c")
+
+
+# --- the tensor pipeline and the metrics ---------------------------------------------------------------------------
+
+def test_model_input_converts_and_normalises_like_the_authors():
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    mean = np.array((0.5071, 0.4867, 0.4408)).reshape(1, 3, 1, 1)  # the authors' CIFAR-100 config, typed again
+    std = np.array((0.2675, 0.2565, 0.2761)).reshape(1, 3, 1, 1)
+    by_hand = (images.transpose(0, 3, 1, 2) / 255 - mean) / std
+    inputs = robustness.model_input(images, torch.device("cpu"))
+    assert inputs.dtype == torch.float32 and inputs.shape == (3, 3, 32, 32)
+    torch.testing.assert_close(inputs, torch.from_numpy(by_hand).float())
+    assert robustness.model_input(inputs, torch.device("cpu")) is inputs  # model inputs pass through
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        robustness.model_input(images.transpose(0, 3, 1, 2), torch.device("cpu"))
+
+
+class Lookup(nn.Module):
+    """Returns row i of `logits` for the image whose first pixel's red value is i."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        red = x[:, 0, 0, 0] * data.STD["cifar100"][0] + data.MEAN["cifar100"][0]
+        return self.logits[(red * 255).round().long().clamp(0, len(self.logits) - 1)]  # noise may move it
+
+
+def lookup_images(n):
+    images = np.zeros((n, 32, 32, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(n)
+    return images
+
+
+# confidence 0.70 right, 0.50 wrong, 0.85 right, 0.72 wrong
+PROBABILITIES = [[0.70, 0.20, 0.10], [0.50, 0.30, 0.20], [0.05, 0.10, 0.85], [0.72, 0.18, 0.10]]
+LABELS = [0, 1, 2, 1]
+
+
+def test_accuracy_nll_and_ece_match_a_hand_computation():
+    model = Lookup(torch.tensor(PROBABILITIES).log())
+    result = robustness.evaluate(model.train(), lookup_images(4), LABELS, batch_size=3, bins=15)
+    assert model.training  # left as it was
+    assert result.accuracy == 0.5
+    assert result.nll == pytest.approx(-(math.log(0.7) + math.log(0.3) + math.log(0.85) + math.log(0.18)) / 4)
+    # 15 bins of width 1/15: 0.70 and 0.72 share (10/15, 11/15]: accuracy 1/2, confidence 0.71; 0.5 and 0.85 alone
+    assert result.ece == pytest.approx(2 / 4 * abs(0.5 - 0.71) + 1 / 4 * 0.5 + 1 / 4 * 0.15)
+    ten_bins = robustness.evaluate(model, lookup_images(4), LABELS).ece  # the default, the authors' 10: 0.70, 0.72 apart
+    assert ten_bins == pytest.approx((0.3 + 0.72 + 0.5 + 0.15) / 4)
+
+
+# --- frequency bands -----------------------------------------------------------------------------------------------
+
+def expected_radii(k, size=32):
+    """Chebyshev radii d (in frequency bins, pi = size / 2 bins) of band k: (k - 1/2) / 10 <= 2d / size < (k + 1/2) / 10."""
+    return {d for d in range(size // 2 + 1)
+            if Fraction(2 * k - 1, 20) <= Fraction(2 * d, size) < Fraction(2 * k + 1, 20)}
+
+
+def test_band_masks_are_square_rings_that_tile_the_spectrum():
+    masks = [robustness.band_mask(32, 32, f) for f in robustness.FREQUENCIES]
+    offsets = np.arange(-16, 16)  # the shifted spectrum: zero frequency at index 16
+    chebyshev = np.maximum(*np.meshgrid(np.abs(offsets), np.abs(offsets), indexing="ij"))
+    for k, mask in enumerate(masks):
+        shifted = torch.fft.fftshift(mask).numpy()
+        assert np.array_equal(shifted, np.isin(chebyshev, list(expected_radii(k))))
+    assert expected_radii(0) == {0} and expected_radii(1) == {1, 2} and expected_radii(10) == {16}
+    total = torch.stack(masks).sum(0)
+    assert torch.equal(total, torch.ones(32, 32, dtype=total.dtype))  # disjoint, and every frequency in one band
+
+
+def test_band_limited_noise_keeps_its_band_and_its_share_of_the_energy():
+    shape, epsilon = (64, 3, 32, 32), 0.7
+    full = epsilon * torch.randn(shape, generator=torch.Generator().manual_seed(1)).sign()
+    parts = []
+    for f in robustness.FREQUENCIES:
+        noise = robustness.band_limited_noise(shape, f, epsilon=epsilon, generator=torch.Generator().manual_seed(1))
+        mask = robustness.band_mask(32, 32, f)
+        spectrum = torch.fft.fft2(noise.double())
+        outside = spectrum[..., ~mask].abs().pow(2).sum() / spectrum.abs().pow(2).sum()
+        assert outside < 1e-12  # nothing outside the band but float32 round-off
+        # Parseval: the noise keeps exactly the sign noise's energy on the band's frequencies ...
+        band_energy = (torch.fft.fft2(full.double()).abs() ** 2 * mask).sum() / (32 * 32)
+        assert noise.double().pow(2).sum() == pytest.approx(band_energy.item(), rel=1e-5)
+        # ... which is, on average, the band's share of the white noise's epsilon^2 per pixel
+        share = mask.sum().item() / mask.numel()
+        assert noise.pow(2).sum().item() == pytest.approx(epsilon ** 2 * full.numel() * share, rel=0.1 + 0.5 / mask.sum().item())
+        parts.append(noise)
+    torch.testing.assert_close(torch.stack(parts).sum(0), full, atol=1e-5, rtol=0)
+
+
+# --- sweeps --------------------------------------------------------------------------------------------------------
+
+class Counting(nn.Module):
+    """A small CNN that counts its calls and can stop the run at call `fail_at`, like a killed job."""
+
+    def __init__(self, fail_at=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 100))
+        self.calls, self.fail_at = 0, fail_at
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise KeyboardInterrupt
+        return self.net(x)
+
+
+CORRUPTIONS = ("gaussian_noise", "fog", "contrast")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    arrays, labels = fake_arrays(CORRUPTIONS, n=3, seed=2)
+    return data.CorruptedCIFAR(write_folder(tmp_path / "CIFAR-100-C", arrays, labels)), arrays, labels
+
+
+def clean_set(n=5):
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, n)
+
+
+def test_corruption_sweep_rows_are_each_severity_evaluated_alone(folder, tmp_path):
+    corrupted, arrays, labels = folder
+    clean_images, clean_labels = clean_set()
+    model = Counting()
+    table = robustness.corruption_sweep(model, corrupted, clean_images, clean_labels, tmp_path / "c.csv", name="m",
+                                        corruptions=CORRUPTIONS, batch_size=2)
+    assert len(table) == 1 + 3 * 5
+    for row in table.itertuples():
+        if row.corruption == "clean":
+            expected = robustness.evaluate(model, clean_images, clean_labels)
+        else:
+            rows = slice(3 * (row.severity - 1), 3 * row.severity)
+            expected = robustness.evaluate(model, arrays[row.corruption][rows], labels[rows])
+        assert (row.count, row.accuracy, row.ece) == (expected.count, expected.accuracy, pytest.approx(expected.ece))
+        assert row.nll == pytest.approx(expected.nll, rel=1e-6)
+
+
+def test_an_interrupted_sweep_resumes_to_the_uninterrupted_table(folder, tmp_path):
+    corrupted, _, _ = folder
+    clean_images, clean_labels = clean_set()
+    run = dict(name="m", corruptions=CORRUPTIONS, batch_size=2)
+    whole = robustness.corruption_sweep(Counting(), corrupted, clean_images, clean_labels, tmp_path / "a.csv", **run)
+    with pytest.raises(KeyboardInterrupt):
+        robustness.corruption_sweep(Counting(fail_at=20), corrupted, clean_images, clean_labels, tmp_path / "b.csv", **run)
+    model = Counting()
+    resumed = robustness.corruption_sweep(model, corrupted, clean_images, clean_labels, tmp_path / "b.csv", **run)
+    assert 0 < model.calls < 3 + 15 * 2  # only the units left were run
+    pd.testing.assert_frame_equal(resumed, whole)
+    model = Counting()
+    robustness.corruption_sweep(model, corrupted, clean_images, clean_labels, tmp_path / "b.csv", **run)
+    assert model.calls == 0
+
+
+def test_corruption_summary_means_over_15_and_over_19():
+    rows = [{"model": "m", "corruption": "clean", "severity": 0, "accuracy": 0.9, "nll": 0.5, "ece": 0.05}]
+    for i, name in enumerate(data.ALL_CORRUPTIONS):
+        for s in data.SEVERITIES:
+            value = 0.5 if i < 15 else 0.1  # the 4 extra corruptions are harder
+            rows.append({"model": "m", "corruption": name, "severity": s, "accuracy": value - 0.01 * s,
+                         "nll": 2 * s, "ece": 0.1})
+    summary = robustness.corruption_summary(pd.DataFrame(rows)).iloc[0]
+    assert summary["clean_accuracy"] == 0.9 and summary["clean_nll"] == 0.5
+    assert summary["accuracy_15"] == pytest.approx(0.5 - 0.03)
+    assert summary["accuracy_19"] == pytest.approx((15 * 0.5 + 4 * 0.1) / 19 - 0.03)
+    assert summary["nll_15"] == pytest.approx(6) and summary["ece_19"] == pytest.approx(0.1)
+    partial = robustness.corruption_summary(pd.DataFrame(rows[:-1])).iloc[0]
+    assert math.isnan(partial["accuracy_19"]) and partial["accuracy_15"] == pytest.approx(0.47)
+
+
+def test_frequency_noise_sweep_adds_band_limited_noise_and_reports_the_drop(tmp_path):
+    images, labels = lookup_images(4), LABELS
+    model = Lookup(torch.tensor(PROBABILITIES).log())
+    table = robustness.frequency_noise_sweep(model, images, labels, tmp_path / "n.csv", name="m",
+                                             frequencies=(0.0, 0.5, 1.0), batch_size=4)
+    clean = robustness.model_input(images, torch.device("cpu"))
+    assert [tuple(r) for r in table[["epsilon", "frequency"]].itertuples(index=False)] == [
+        (0.0, 0.0), (0.7, 0.0), (0.7, 0.5), (0.7, 1.0)]
+    torch.testing.assert_close(model.seen[0], clean)
+    for seen, f in zip(model.seen[1:], (0.0, 0.5, 1.0)):
+        noise = (seen - clean).double()
+        mask = robustness.band_mask(32, 32, f)
+        assert torch.fft.fft2(noise)[..., ~mask].abs().max() < 1e-4 and noise.abs().max() > 0
+        assert noise.pow(2).sum().item() == pytest.approx(0.49 * noise.numel() * mask.float().mean().item(), rel=0.5)
+    drop = robustness.accuracy_drop(table)
+    assert list(drop["frequency"]) == [0.0, 0.5, 1.0]
+    torch.testing.assert_close(torch.tensor(drop["accuracy_drop"].values),
+                               torch.tensor(0.5 - table["accuracy"].values[1:]), rtol=0, atol=1e-12)
+    again = robustness.frequency_noise_sweep(model, images, labels, tmp_path / "again.csv", name="m",
+                                             frequencies=(0.0, 0.5, 1.0), batch_size=4)
+    torch.testing.assert_close(torch.cat(model.seen[4:]), torch.cat(model.seen[:4]))  # the same noise each run
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_two_torchrun_ranks_give_the_table_of_one_process(tmp_path):
+    arrays, labels = fake_arrays(("gaussian_noise", "fog"), n=1, seed=4)
+    folder = write_folder(tmp_path / "CIFAR-100-C", arrays, labels)
+    common = ["--smoke", "--models", "alternet_18", "--cifar100c", str(folder), "--batch-size", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    robustness.main([*common, "--results", str(tmp_path / "one")])
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "helpers.robustness",
+                    *common, "--results", str(tmp_path / "two")], check=True, env=env, cwd=Path(__file__).parents[1])
+    for file, key in (("robustness_cifar100c.csv", ["corruption", "severity"]),
+                      ("robustness_frequency_noise.csv", ["epsilon", "frequency"])):
+        one, two = (pd.read_csv(tmp_path / run / file).sort_values(key).reset_index(drop=True) for run in ("one", "two"))
+        assert len(one) == (11 if "cifar" in file else 12)
+        pd.testing.assert_frame_equal(one, two, rtol=1e-5)
