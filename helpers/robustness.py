@@ -81,7 +81,7 @@ def evaluate(model, images, labels, *, batch_size=500, perturb=None, bins=BINS, 
     training = model.training
     model.eval()
     try:
-        accumulator = metrics.Accumulator(bins=bins)
+        accumulator = metrics.Accumulator(bins=bins, device=device)  # sums stay on the device: no sync per batch
         for start in range(0, len(labels), batch_size):
             inputs = model_input(images[start:start + batch_size], device, dataset=dataset)
             if perturb is not None:
