@@ -1,0 +1,268 @@
+"""helpers.hessian against dense Hessians of the flat loss (torch.autograd.functional.hessian, checked against
+central finite differences of the gradient and against torch.func's forward-over-reverse hessian), and against
+hand-derived curvature (L2 conventions), exact Gauss-quadrature moments and an uninterrupted run."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+from torch.func import functional_call, grad
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from helpers import data, hessian
+from helpers.losses import nll
+from helpers.recipes import STRONG
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)), torch.randn(12, 6)
+
+
+def conv_net():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 3, 3, stride=2),
+                          nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):  # running statistics far from batch statistics: eval mode matters
+            module.running_mean.normal_(), module.running_var.uniform_(0.5, 2)
+            module.weight.data.normal_(), module.bias.data.normal_()
+    return model, torch.randn(12, 2, 8, 8)
+
+
+def vit():
+    """Two timm blocks, fused attention left at timm's default."""
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=4, patch_size=2, in_chans=1, embed_dim=4, depth=2, num_heads=2, mlp_ratio=1,
+                              qkv_bias=False, num_classes=4)
+    for p in model.parameters():  # away from timm's init (unit LayerNorm scales, zero biases): a generic point
+        p.data.add_(0.3 * torch.randn_like(p))
+    return model, torch.randn(12, 1, 4, 4)
+
+
+MODELS = {"mlp": mlp, "conv": conv_net, "vit": vit}
+
+
+def flat_loss(model, inputs, targets, penalty=lambda w: 0.0):
+    """The loss as a function of one float64 vector of all parameters (model in eval mode, math attention)."""
+    names, shapes = zip(*((name, p.shape) for name, p in model.named_parameters()))
+    buffers = {name: b.double() if b.is_floating_point() else b for name, b in model.named_buffers()}
+
+    def loss(w):
+        pieces = torch.split(w, [shape.numel() for shape in shapes])
+        parameters = {name: piece.view(shape) for name, piece, shape in zip(names, pieces, shapes)}
+        with sdpa_kernel(SDPBackend.MATH):
+            return nll(functional_call(model.eval(), {**parameters, **buffers}, (inputs.double(),)), targets) + penalty(w)
+
+    return loss, torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
+
+
+def dense_hessian(loss, w):
+    # Row by row, reverse over reverse, without vmap: on torch 2.14 torch.func.hessian's vmap gives wrong entries
+    # for timm's ViT (rows of the final LayerNorm's weight), as finite differences of the gradient show. The
+    # tests check this reference against finite differences and, on the MLP, against torch.func.hessian.
+    return torch.autograd.functional.hessian(loss, w)
+
+
+def targets_for(inputs):
+    return torch.randint(0, 4, (len(inputs),), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def case(request):
+    model, inputs = MODELS[request.param]()
+    targets = targets_for(inputs)
+    loss, w = flat_loss(model, inputs, targets)
+    return request.param, model, inputs, targets, dense_hessian(loss, w), loss, w
+
+
+def operator(model, inputs, targets, **kw):
+    with hessian.evaluating(model), hessian.math_attention():
+        return hessian.HessianOperator(model, inputs, targets, dtype=torch.float64, **kw)
+
+
+def test_hessian_vector_products_equal_the_dense_hessian(case):
+    name, model, inputs, targets, dense, loss, w = case
+    model.train()  # eigenvalues and the operator must switch BatchNorm to eval themselves
+    product = operator(model, inputs, targets, weight_decay=0)
+    assert model.training
+    v = torch.randn(product.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(product(v), dense @ v, rtol=1e-9, atol=1e-9 * (dense @ v).abs().max().item())
+    # and the dense reference against central finite differences of the gradient
+    eps = 1e-5
+    finite = (grad(loss)(w + eps * v) - grad(loss)(w - eps * v)) / (2 * eps)
+    torch.testing.assert_close(dense @ v, finite, rtol=1e-5, atol=1e-5 * finite.abs().max().item())
+
+
+def test_the_dense_reference_equals_forward_over_reverse_ad_on_the_mlp():
+    model, inputs = mlp()
+    loss, w = flat_loss(model, inputs, targets_for(inputs))
+    torch.testing.assert_close(dense_hessian(loss, w), torch.func.hessian(loss)(w), rtol=1e-10, atol=1e-12)
+
+
+def test_fused_attention_lacks_double_backward_and_is_left_on():
+    model, inputs = vit()
+    assert model.blocks[0].attn.fused_attn
+    loss = nll(model(inputs), targets_for(inputs))
+    first = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+    with pytest.raises(RuntimeError, match="not implemented"):  # the reason for math_attention
+        torch.autograd.grad(first[0].sum(), list(model.parameters()))
+    hessian.eigenvalues(model, inputs, targets_for(inputs), k=2, steps=4)
+    assert model.blocks[0].attn.fused_attn
+
+
+def test_lanczos_finds_the_extreme_eigenvalues(case):
+    name, model, inputs, targets, dense, loss, w = case
+    exact = torch.linalg.eigvalsh(dense)
+    assert (exact[:5] < 0).all()  # a non-convex case: five negative eigenvalues to find
+    steps = {"mlp": 60, "conv": 60, "vit": 150}[name]  # fewer steps than parameters
+    spectrum = hessian.eigenvalues(model, inputs, targets, k=5, steps=steps, weight_decay=0,
+                                   dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(spectrum.top, exact.flip(0)[:5], rtol=1e-4, atol=0)
+    torch.testing.assert_close(spectrum.bottom, exact[:5], rtol=1e-4, atol=0)
+
+
+def test_squared_l2_shifts_every_eigenvalue_by_the_weight_decay():
+    model, inputs = mlp()
+    targets, seed = targets_for(inputs), torch.Generator().manual_seed
+    plain = hessian.eigenvalues(model, inputs, targets, steps=20, weight_decay=0, dtype=torch.float64,
+                                generator=seed(0))
+    shifted = hessian.eigenvalues(model, inputs, targets, steps=20, weight_decay=0.05, dtype=torch.float64,
+                                  generator=seed(0))
+    torch.testing.assert_close(shifted.nodes, plain.nodes + 0.05, rtol=0, atol=1e-12)
+    torch.testing.assert_close(shifted.weights, plain.weights, rtol=0, atol=1e-10)
+
+
+def test_norm_sum_penalty_has_the_curvature_of_a_norm_and_none_at_a_zero_tensor():
+    model, inputs = mlp()
+    model[2].bias.data.zero_()  # as timm initialises biases
+    targets, wd = targets_for(inputs), 0.05
+    loss, w = flat_loss(model, inputs, targets)
+    expected = dense_hessian(loss, w)
+    start = 0
+    for p in model.parameters():  # wd (I - u u^T) / |w| per nonzero tensor, by hand
+        n, tensor = p.numel(), p.detach().double().reshape(-1)
+        norm = tensor.norm()
+        if norm > 0:
+            unit = tensor / norm
+            expected[start:start + n, start:start + n] += wd * (torch.eye(n, dtype=torch.float64)
+                                                                - torch.outer(unit, unit)) / norm
+        start += n
+    product = operator(model, inputs, targets, weight_decay=wd, convention="norm_sum")
+    v = torch.randn(product.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    result = product(v)
+    assert torch.isfinite(result).all()
+    torch.testing.assert_close(result, expected @ v, rtol=1e-9, atol=1e-12)
+
+
+def test_slq_quadrature_reproduces_the_moments_of_its_start_vector():
+    torch.manual_seed(0)
+    a = torch.randn(40, 40, dtype=torch.float64)
+    matrix = (a + a.T) / 2
+    calls = []
+
+    def product(vector):
+        calls.append(vector)
+        return matrix @ vector
+
+    nodes, weights = hessian.ritz(hessian.lanczos(product, 40, steps=6, dtype=torch.float64,
+                                                  generator=torch.Generator().manual_seed(0)))
+    start = calls[0]
+    assert weights.sum().item() == pytest.approx(1, abs=1e-12)
+    for power in range(2 * 6):  # Gauss quadrature with 6 nodes is exact up to degree 11
+        exact = start @ torch.linalg.matrix_power(matrix, power) @ start
+        assert (weights * nodes ** power).sum().item() == pytest.approx(exact.item(), rel=1e-9, abs=1e-9)
+
+
+def test_slq_density_integrates_to_one_and_matches_the_exact_spectrum_in_its_moments():
+    model, inputs = mlp()
+    targets = targets_for(inputs)
+    loss, w = flat_loss(model, inputs, targets)
+    exact = torch.linalg.eigvalsh(dense_hessian(loss, w))
+    runs = [hessian.eigenvalues(model, inputs, targets, steps=8, weight_decay=0, dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(seed)) for seed in range(60)]
+    sigma = 0.01
+    grid = torch.linspace(exact[0] - 1, exact[-1] + 1, 20001, dtype=torch.float64)
+    density = hessian.spectral_density([r.nodes for r in runs], [r.weights for r in runs], grid, sigma=sigma)
+    assert torch.trapezoid(density, grid).item() == pytest.approx(1, abs=1e-6)
+    mean = torch.trapezoid(grid * density, grid).item()
+    second = torch.trapezoid(grid ** 2 * density, grid).item()
+    # Hutchinson: E[v^T H v] = tr(H) / n; the Gaussians add sigma^2 to the second moment
+    spread = exact.abs().max().item()
+    assert mean == pytest.approx(exact.mean().item(), abs=0.05 * spread)
+    assert second - sigma ** 2 == pytest.approx((exact ** 2).mean().item(), rel=0.1)
+    # and the density puts its mass where the exact histogram does
+    inside = (grid >= exact[0] - 3 * sigma) & (grid <= exact[-1] + 3 * sigma)
+    assert torch.trapezoid(density * inside, grid).item() > 0.999
+
+
+def test_steps_fewer_than_k_is_a_clear_error():
+    model, inputs = mlp()
+    with pytest.raises(ValueError, match="steps >= k"):
+        hessian.eigenvalues(model, inputs, targets_for(inputs), k=5, steps=3)
+
+
+# A model and data built the same way in this process and in torchrun's workers.
+SCRIPT = """
+import sys, torch, torch.nn as nn
+from helpers import data, hessian
+from helpers.recipes import STRONG
+torch.manual_seed(0)
+model = nn.Sequential(nn.AvgPool2d(8), nn.Flatten(), nn.Linear(48, 6), nn.Tanh(), nn.Linear(6, 10))
+dataset = data.synthetic(32, "cifar10")
+def run(path, **kw):
+    return hessian.spectra(model, dataset, path, batch_size=4, fraction=0.5, k=2, steps=6,
+                           mixup_fn=STRONG.mixup_fn(10), dtype=torch.float64, progress=False, **kw)
+if __name__ == "__main__":
+    run(sys.argv[1])
+"""
+
+
+def same_tables(a, b):
+    assert list(a["batch"]) == list(b["batch"]) == list(range(4))
+    for column in a.columns:
+        assert np.allclose(np.stack(a[column]), np.stack(b[column]), rtol=1e-12, atol=1e-15), column
+
+
+def test_resume_and_torchrun_give_the_same_eigenvalues_as_one_run(tmp_path, monkeypatch):
+    script = tmp_path / "spectra.py"
+    script.write_text(SCRIPT)
+    namespace = {}
+    exec(compile(SCRIPT, str(script), "exec"), namespace)
+    uninterrupted = namespace["run"](tmp_path / "one.csv")
+
+    calls, real = [], hessian.eigenvalues
+
+    def crashing(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed during the third batch
+        return real(*args, **kw)
+
+    monkeypatch.setattr(hessian, "eigenvalues", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        namespace["run"](tmp_path / "resumed.csv")
+    monkeypatch.setattr(hessian, "eigenvalues", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+    resumed = namespace["run"](tmp_path / "resumed.csv")
+    assert len(calls) == 3 + 2  # the two finished batches were not redone
+    same_tables(uninterrupted, resumed)
+
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+                          str(tmp_path / "torchrun.csv")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    same_tables(uninterrupted, hessian.table(tmp_path / "torchrun.csv"))
+
+
+def test_augmented_batches_are_mixed_and_reproducible():
+    dataset = data.synthetic(16, "cifar10")
+    batches = hessian.batch_indices(dataset, batch_size=4, fraction=0.5, seed=0)
+    assert len(batches) == 2 and len({i for b in batches for i in b}) == 8
+    inputs, targets = hessian.augmented_batch(dataset, batches[0], mixup_fn=STRONG.mixup_fn(10), seed=5)
+    again = hessian.augmented_batch(dataset, batches[0], mixup_fn=STRONG.mixup_fn(10), seed=5)
+    assert targets.shape == (4, 10) and torch.equal(inputs, again[0]) and torch.equal(targets, again[1])
+    assert targets.sum(1).allclose(torch.ones(4)) and (targets.max(1).values < 1).all()  # soft, smoothed
+    with pytest.raises(ValueError, match="examples"):
+        hessian.batch_indices(dataset, batch_size=32, fraction=1.0)
