@@ -275,7 +275,7 @@ def test_torchrun_with_two_processes_gives_the_values_of_one(tmp_path):
     args = ["resnet_18", "--smoke", "--points", "2", "--workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     root = Path(__file__).resolve().parents[1]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
                           "helpers.landscape", *args, "--results", str(tmp_path / "two")],
                          env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]

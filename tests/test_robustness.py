@@ -334,7 +334,7 @@ def test_two_torchrun_ranks_give_the_table_of_one_process(tmp_path):
     common = ["--smoke", "--models", "alternet_18", "--cifar100c", str(folder), "--batch-size", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     robustness.main([*common, "--results", str(tmp_path / "one")])
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "helpers.robustness",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "helpers.robustness",
                     *common, "--results", str(tmp_path / "two")], check=True, env=env, cwd=Path(__file__).parents[1])
     for file, key in (("robustness_cifar100c.csv", ["corruption", "severity"]),
                       ("robustness_frequency_noise.csv", ["epsilon", "frequency"])):
