@@ -281,5 +281,8 @@ def test_torchrun_with_two_processes_gives_the_values_of_one(tmp_path):
     assert two.returncode == 0, two.stderr[-2000:]
     landscape.main([*args, "--results", str(tmp_path / "one")])
     name = landscape.grid_path("", "resnet_18", smoke=True).name
-    assert rows(tmp_path / "two" / name) == rows(tmp_path / "one" / name)
-    assert len(rows(tmp_path / "one" / name)) == 4
+    one, two = rows(tmp_path / "one" / name), rows(tmp_path / "two" / name)
+    assert len(one) == 4 and one.keys() == two.keys()
+    for point in one:  # equal up to the order of float64 sums, which depends on the thread count
+        for column in landscape.COLUMNS:
+            assert float(two[point][column]) == pytest.approx(float(one[point][column]), rel=1e-12)
