@@ -8,26 +8,13 @@ timed in the same process on the same batches.
     python benchmarks/cka.py --device cuda --batch-size 256 --models vit_ti pit_ti swin_ti resnet_50 alternet_50
 """
 import argparse
-import time
 
 import torch
 
 from helpers import models
 from helpers.blocks import split
 from helpers.cka import MinibatchCKA
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(function, images, device):
-    synchronize(device)
-    start = time.perf_counter()
-    function(images)
-    synchronize(device)
-    return time.perf_counter() - start
+from timing import timed
 
 
 def main():
@@ -56,8 +43,8 @@ def main():
     accumulator = MinibatchCKA(blocks)
     forward = total = 0.0
     for images in batches:  # alternating, so that a change in machine load touches both alike
-        forward += timed(forward_only, images, device)
-        total += timed(accumulator.add, images, device)
+        forward += timed(forward_only, device, images)
+        total += timed(accumulator.add, device, images)
     pairs = sum(len(blocks[a]) * len(blocks[b]) for a, b in accumulator.pairs)
     grams = sum(len(b) for b in blocks.values())
     print(f"{', '.join(args.models)} on {device}: {args.batches} batches of {args.batch_size}, "

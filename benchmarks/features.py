@@ -12,26 +12,13 @@ each per round, so that a change in machine load touches all alike; each ratio i
 """
 import argparse
 import statistics
-import time
 
 import torch
 
 import helpers
 from helpers import fourier, models, variance
 from helpers.blocks import split
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(function, images, device):
-    synchronize(device)
-    start = time.perf_counter()
-    function(images)
-    synchronize(device)
-    return time.perf_counter() - start
+from timing import timed
 
 
 def measurements(model):
@@ -59,7 +46,7 @@ def benchmark(model, images, *, repeats, warm_up):
     for round_ in range(repeats):
         shift = round_ % len(names)  # a rotating order: no measurement always runs right after the same one
         for name in names[shift:] + names[:shift]:
-            times[name].append(timed(functions[name], images, device))
+            times[name].append(timed(functions[name], device, images))
     forward = times["forward"]
     return {name: (statistics.median(t), statistics.median(a / b for a, b in zip(t, forward)))
             for name, t in times.items()}

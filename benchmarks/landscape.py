@@ -18,11 +18,7 @@ import torch
 import helpers
 from helpers import data, landscape, models
 from helpers.recipes import STRONG
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from timing import synchronize
 
 
 @torch.no_grad()

@@ -12,24 +12,11 @@ import argparse
 import resource
 import statistics
 import tempfile
-import time
 
 import torch
 
 from helpers import data, models, pick_device, robustness
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(function, device):
-    synchronize(device)
-    start = time.perf_counter()
-    function()
-    synchronize(device)
-    return time.perf_counter() - start
+from timing import timed
 
 
 def peak_memory_mb(device):

@@ -31,11 +31,7 @@ import helpers
 from helpers import data, models
 from helpers import train as training
 from helpers.recipes import RECIPES
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from timing import synchronize
 
 
 def hand_written(model, train_set, recipe, *, batch_size, workers, same_step):

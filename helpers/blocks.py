@@ -71,6 +71,22 @@ class Blocks(nn.Sequential):
         """Every block's output but the head's (the logits), as `B, C, H, W` maps."""
         return [block.to_map(f) for block, f in zip(self, self.features(x)) if block.layout != "logits"]
 
+    @torch.no_grad()
+    def average(self, batches, statistic):
+        """For every non-head block, the mean over all images of `statistic(feature_map)`, where `statistic`
+        returns the mean over its batch; one forward pass per batch, only per-block sums kept. `batches` yields
+        image tensors or (images, labels) pairs (a DataLoader)."""
+        device = next(self.parameters()).device
+        sums, count = None, 0
+        for batch in batches:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            batch_sums = [statistic(m) * len(images) for m in self.feature_maps(images.to(device))]
+            sums = batch_sums if sums is None else [s + b for s, b in zip(sums, batch_sums)]
+            count += len(images)
+        if not count:
+            raise ValueError("No images: `batches` yielded nothing.")
+        return [(s / count).cpu() for s in sums]
+
     @property
     def kinds(self):
         return [block.kind for block in self]

@@ -57,24 +57,13 @@ def frequencies(size):
     return shifted_frequencies(size)[size // 2:]
 
 
-@torch.no_grad()
 def spectra(blocks, batches):
     """The mean shifted log-amplitude spectrum of every non-head block's feature maps over all images.
 
     `blocks` is `helpers.blocks.split(model)`; `batches` yields image tensors or (images, labels) pairs (a
-    DataLoader). Each batch goes through the model once (`Blocks.feature_maps`); only per-block sums are kept.
+    DataLoader). Each batch goes through the model once (`Blocks.average`).
     """
-    device = next(blocks.parameters()).device
-    sums, count = None, 0
-    for batch in batches:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        maps = blocks.feature_maps(images.to(device))
-        batch_sums = [log_amplitude_spectrum(m) * len(images) for m in maps]
-        sums = batch_sums if sums is None else [s + b for s, b in zip(sums, batch_sums)]
-        count += len(images)
-    if not count:
-        raise ValueError("No images: `batches` yielded nothing.")
-    return [(s / count).cpu() for s in sums]
+    return blocks.average(batches, log_amplitude_spectrum)
 
 
 def relative_log_amplitudes(blocks, spectra):

@@ -20,24 +20,15 @@ def feature_map_variance(x):
     return x.float().var(dim=(-2, -1)).mean()  # B, C -> mean
 
 
-@torch.no_grad()
 def variances(blocks, batches):
     """Fig. 9 as a table, one row per non-head block: `block` (index), `depth` (block / (blocks - 1), the
     plots' axis), `name`, `kind`, `variance`.
 
     `blocks` is `helpers.blocks.split(model)`; `batches` yields image tensors or (images, labels) pairs (a
-    DataLoader). Each batch goes through the model once (`Blocks.feature_maps`); only per-block sums are kept.
+    DataLoader). Each batch goes through the model once (`Blocks.average`).
     """
-    device = next(blocks.parameters()).device
-    sums, count = None, 0
-    for batch in batches:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        batch_sums = torch.stack([feature_map_variance(m) * len(images) for m in blocks.feature_maps(images.to(device))])
-        sums = batch_sums if sums is None else sums + batch_sums
-        count += len(images)
-    if not count:
-        raise ValueError("No images: `batches` yielded nothing.")
+    values = torch.stack(blocks.average(batches, feature_map_variance)).double().numpy()
     layers = [b for b in blocks if b.kind != "head"]
     depth = [index / max(len(layers) - 1, 1) for index in range(len(layers))]
     return pd.DataFrame({"block": range(len(layers)), "depth": depth, "name": [b.name for b in layers],
-                         "kind": [b.kind for b in layers], "variance": (sums / count).cpu().double().numpy()})
+                         "kind": [b.kind for b in layers], "variance": values})

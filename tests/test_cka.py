@@ -7,7 +7,7 @@ import torch
 from helpers import cka as cka_module
 from helpers import data, models
 from helpers.blocks import Block, Blocks
-from helpers.cka import MinibatchCKA, cka, flatten, minibatch_cka
+from helpers.cka import MinibatchCKA, cka, flatten
 
 
 def feature_blocks(*steps, counter=None):
