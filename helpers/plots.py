@@ -146,5 +146,11 @@ def similarity_heatmap(ax, matrix, blocks_a, blocks_b):
     return image
 
 
+def symlog_bins(values, linthresh, count=60):
+    """`count` histogram bin edges, even on a symmetric-log axis, spanning +-1.05 max|values| (Hessian spectra)."""
+    limit = np.arcsinh(np.abs(values).max() * 1.05 / linthresh)
+    return np.sinh(np.linspace(-limit, limit, count)) * linthresh
+
+
 def use_style():
     plt.rcParams.update({"figure.dpi": 110, "axes.spines.top": False, "axes.spines.right": False})

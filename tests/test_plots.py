@@ -82,3 +82,11 @@ def test_similarity_heatmap_marks_block_kinds():
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == ["embed", "conv", "msa", "mlp", "pool", "head"]  # PiT's pools and ResNet's strided blocks
     plt.close(fig)
+
+
+def test_symlog_bins_are_symmetric_and_cover_the_values():
+    values = np.array([-40.0, -0.01, 0.5, 3.0, 120.0])
+    bins = plots.symlog_bins(values, linthresh=0.1, count=61)
+    assert len(bins) == 61 and bins[30] == pytest.approx(0.0)
+    assert np.allclose(bins, -bins[::-1])
+    assert bins[0] < values.min() and bins[-1] > values.max() and bins[-1] == pytest.approx(126.0)
