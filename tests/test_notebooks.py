@@ -1,5 +1,6 @@
 """Every notebook at the repository root: stored clean, and runs top to bottom in smoke mode."""
 import ast
+import re
 from pathlib import Path
 
 import nbformat
@@ -19,6 +20,8 @@ def test_stored_without_outputs_and_with_a_parameters_cell(path):
     assert "parameters" in code[1].metadata.get("tags", [])
     names = {t.id for node in ast.parse(code[1].source).body if isinstance(node, ast.Assign) for t in node.targets}
     assert {"smoke", "results"} <= names
+    definitions = [line for cell in code for line in cell.source.splitlines() if re.match(r"\s*(def|class)\s", line)]
+    assert not definitions, "notebooks call helpers; they define no functions or classes"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
