@@ -22,7 +22,11 @@ token grids, channels-first and channels-last maps need no reordering. `class_to
 (`Block.layout == "BNC"` with `prefix_tokens`, i.e. ViT and PiT) contributes: "keep" all tokens, "drop" the class
 tokens, or "class" only the class tokens; blocks without class tokens (ResNet, Swin, heads) always give their
 whole output.
+
+Under `torchrun` each rank takes every `world_size`-th batch and keeps its own resumable file of sums; HSIC sums
+add over batches, so `merge` adds the ranks' files into the CKA of all the batches (`main` does it on rank 0).
 """
+import argparse
 import math
 import os
 import warnings
@@ -32,10 +36,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 from einops import rearrange
 from tqdm.auto import tqdm
 
+import helpers
+from helpers import checkpoints, data
 from helpers.blocks import Blocks, split
+from helpers.sweep import Rank, rank
 
 CLASS_TOKEN = ("keep", "drop", "class")
 
@@ -168,44 +176,131 @@ def save_atomically(state, path):
     os.replace(partial, path)  # a crash leaves the previous complete file
 
 
-def minibatch_cka(models, batches, *, class_token="keep", path=None, progress=True):
+def shard_path(path, rank_info):
+    """Where one rank keeps its sums: `path` itself for a single process, else e.g. `cka.rank0-of-2.pt`, so
+    runs with different world sizes never mix."""
+    path, r, w = Path(path), rank_info.rank, rank_info.world_size
+    return path if w == 1 else path.with_name(f"{path.stem}.rank{r}-of-{w}{path.suffix}")
+
+
+def minibatch_cka(models, batches, *, class_token="keep", path=None, rank_info=None, progress=True):
     """Accumulate `MinibatchCKA(models)` over `batches` (images, or (images, labels) pairs, all of one size).
 
     With `path`, the sums are saved there after every batch and a rerun resumes from them, skipping as many
-    batches as were done: give it the same data in the same order (the first batch is checked). A last batch
-    of another size (a dataset that is not a multiple of the batch size) is left out with a warning.
+    batches as were done: give it the same data in the same order (the first batch is checked). A batch of
+    another size than the first (a dataset that is not a multiple of the batch size) is left out with a warning.
+
+    Under `torchrun` (or with `rank_info`, a `helpers.sweep.Rank`) only this rank's batches, those whose index
+    modulo `world_size` is `rank`, are added, and the sums go to `shard_path(path, rank_info)`; every rank still
+    iterates over all batches (loading is cheap next to the forward passes). `merge` adds the ranks' files.
     """
+    share = rank_info or rank()
+    path = None if path is None else shard_path(path, share)
     accumulator = MinibatchCKA(models, class_token=class_token)
-    state = {"read": 0, "first_sum": None}
-    if path is not None and Path(path).exists():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        accumulator.load_state_dict(saved["sums"], source=str(path))
-        state = saved["stream"]
+    state = read(accumulator, path) if path is not None and path.exists() else {"read": 0, "first_sum": None}
+
+    def save():
+        if path is not None:
+            save_atomically({"sums": accumulator.state_dict(), "stream": state}, path)
+
     total = len(batches) if hasattr(batches, "__len__") else None
     for index, batch in enumerate(tqdm(batches, total=total, desc="CKA batches", disable=not progress)):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if index == 0:
-            first_sum = images.double().sum().item()
+        if index == 0:  # every rank reads the first batch: it fixes the batch size and identifies the data
+            first_sum, size = images.double().sum().item(), images.shape[0]
             if state["first_sum"] is not None and not math.isclose(first_sum, state["first_sum"], rel_tol=1e-9):
                 raise ValueError(f"{path} was computed on other data (its first batch differs: other images, order "
                                  "or batch size); delete it to start again or give the same batches in the same order")
             state["first_sum"] = first_sum
-        if index < state["read"]:
-            continue
-        if accumulator.batch_size not in (None, images.shape[0]):
-            warnings.warn(f"left out a batch of {images.shape[0]} examples: the estimator sums batches of "
-                          f"{accumulator.batch_size}")
-        else:
+        mine = index >= state["read"] and index % share.world_size == share.rank
+        if mine and images.shape[0] != size:
+            warnings.warn(f"left out a batch of {images.shape[0]} examples: the estimator sums batches of {size}")
+        elif mine:
             accumulator.add(images)
-        state["read"] = index + 1
-        if path is not None:
-            save_atomically({"sums": accumulator.state_dict(), "stream": state}, path)
+        state["read"] = max(state["read"], index + 1)
+        if mine:
+            save()
+    save()  # with the whole stream read, which `merge` checks
     return accumulator
 
 
-def cka(model_a, model_b, batches, *, class_token="keep", path=None, progress=True):
+def read(accumulator, path):
+    """Load the sums saved at `path` into `accumulator`; return their stream (batches read, first batch's sum)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    accumulator.load_state_dict(saved["sums"], source=str(path))
+    return saved["stream"]
+
+
+def merge(models, path, *, world_size, class_token="keep"):
+    """The sums of all `world_size` ranks' files of a finished `minibatch_cka(models, ..., path=path)` run added
+    up, as one `MinibatchCKA` (`world_size=1` reads `path` itself)."""
+    total, streams = MinibatchCKA(models, class_token=class_token), []
+    for r in range(world_size):
+        shard = shard_path(path, Rank(r, world_size, r))
+        if not shard.exists():
+            raise FileNotFoundError(f"no {shard}: rank {r} of {world_size} has not run; rerun with "
+                                    f"--nproc-per-node {world_size} (finished batches are kept)")
+        part = MinibatchCKA(total.blocks, class_token=class_token)
+        streams.append(read(part, shard))
+        for pair, sums in part.cross.items():
+            total.cross[pair] += sums
+        total.batches, total.batch_size = total.batches + part.batches, total.batch_size or part.batch_size
+    if any(stream != streams[0] for stream in streams):  # also rules out other batch sizes: other first batches
+        raise ValueError(f"the ranks' files of {path} read other streams of batches: {streams}; a rank was stopped "
+                         "early or ran on other data. Rerun the same command to finish, or delete them")
+    return total
+
+
+def cka(model_a, model_b, batches, *, class_token="keep", path=None, rank_info=None, progress=True):
     """CKA between every block of `model_a` and every block of `model_b` (the same model is compared with itself
-    from one forward pass per batch); see `minibatch_cka`."""
+    from one forward pass per batch); see `minibatch_cka` (under torchrun: this rank's share only)."""
     models = {"a": model_a} if model_b is model_a else {"a": model_a, "b": model_b}
-    accumulator = minibatch_cka(models, batches, class_token=class_token, path=path, progress=progress)
+    accumulator = minibatch_cka(models, batches, class_token=class_token, path=path, rank_info=rank_info,
+                                progress=progress)
     return accumulator.similarity("a", "b" if "b" in models else "a")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="CKA of every pair of blocks of --models on the CIFAR-100 test "
+                                     "set, as cka_A_vs_B.csv (torchrun --nproc-per-node N splits the batches)")
+    parser.add_argument("--models", nargs="+", default=["vit_ti", "resnet_50"])
+    parser.add_argument("--batch-size", type=int, default=250, help="the fixed minibatch size n (n >= 4)")
+    parser.add_argument("--examples", type=int, default=10000, help="test images used, from the first")
+    parser.add_argument("--class-token", choices=CLASS_TOKEN, default="keep")
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--checkpoint-root", default="checkpoints")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--smoke", action="store_true", help="fresh weights, <= 16 synthetic images, batches <= 8")
+    args = parser.parse_args(argv)
+    share, device = rank(), helpers.pick_device()
+    if args.smoke:
+        args.batch_size, args.examples = min(args.batch_size, 8), min(args.examples, 16)
+    dataset = (data.synthetic(args.examples) if args.smoke else
+               data.dataset("cifar100", args.data_root, train=False, transform=data.test_transform("cifar100")))
+    dataset = torch.utils.data.Subset(dataset, range(min(args.examples, len(dataset))))
+    nets = {}
+    for name in args.models:
+        torch.manual_seed(0)  # the same fresh weights on every rank in smoke mode
+        nets[name] = split(checkpoints.pretrained(name, args.checkpoint_root, smoke=args.smoke, map_location=device))
+    path = Path(args.results) / f"cka_{'_'.join(args.models)}_{args.class_token}{'_smoke' if args.smoke else ''}.pt"
+    loader = data.loader(dataset, args.batch_size, workers=0 if args.smoke else None)
+    # The ranks' files (kept anyway for resuming; in one shared folder, as for every sweep) are the merge's only
+    # input, so `merge` gives the same tables here and in a notebook after the run, with no all_reduce beside it.
+    # The process group is just the barrier before rank 0 reads them (gloo: a barrier needs no GPU).
+    distributed = share.world_size > 1
+    if distributed:
+        dist.init_process_group("gloo")
+    minibatch_cka(nets, loader, class_token=args.class_token, path=path, rank_info=share)
+    if distributed:
+        dist.barrier()
+    if share.rank == 0:
+        accumulator = merge(nets, path, world_size=share.world_size, class_token=args.class_token)
+        for a, b in accumulator.pairs:
+            accumulator.similarity(a, b).table().to_csv(Path(args.results) / f"cka_{a}_vs_{b}.csv", index=False)
+        print(f"{path}: {accumulator.batches} batches of {accumulator.batch_size} over {share.world_size} rank(s)")
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,13 +1,20 @@
 import math
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from helpers import cka as cka_module
 from helpers import data, models
 from helpers.blocks import Block, Blocks
-from helpers.cka import MinibatchCKA, cka, flatten
+from helpers.cka import MinibatchCKA, cka, flatten, merge, minibatch_cka
+from helpers.sweep import Rank
 
 
 def feature_blocks(*steps, counter=None):
@@ -173,3 +180,46 @@ def test_vit_against_itself_from_a_data_loader():
     centered = cka_module.unbiased_centered(torch.stack([f[1] @ f[1].T, f[2] @ f[2].T]))
     assert (centered[0] * centered[1]).sum().item() / (6 * 3) == pytest.approx(
         unbiased_hsic(f[1] @ f[1].T, f[2] @ f[2].T), rel=1e-9)
+
+
+def test_two_ranks_merged_equal_one_process(tmp_path):
+    torch.manual_seed(0)
+    batches = [torch.randn(6, 4) for _ in range(5)]
+    steps = (lambda x: x, torch.sin, lambda x: x.abs())
+    counter = [0]
+    models = {"a": feature_blocks(*steps, counter=counter), "b": feature_blocks(*steps[:2])}
+    one = minibatch_cka(models, batches, path=tmp_path / "one.pt", rank_info=Rank(0, 1, 0), progress=False)
+    counter[0] = 0
+    minibatch_cka(models, batches, path=tmp_path / "two.pt", rank_info=Rank(0, 2, 0), progress=False)
+    assert counter == [3]  # batches 0, 2, 4
+    with pytest.raises(FileNotFoundError, match="rank 1 of 2"):
+        merge(models, tmp_path / "two.pt", world_size=2)
+    minibatch_cka(models, batches[:3], path=tmp_path / "two.pt", rank_info=Rank(1, 2, 1), progress=False)
+    with pytest.raises(ValueError, match="stopped early"):  # rank 1 has seen 3 of the 5 batches
+        merge(models, tmp_path / "two.pt", world_size=2)
+    minibatch_cka(models, batches, path=tmp_path / "two.pt", rank_info=Rank(1, 2, 1), progress=False)
+    assert counter == [3 + 2]  # rank 1 resumed: batch 1 once, then batch 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.pt", "two.rank0-of-2.pt", "two.rank1-of-2.pt"]
+
+    merged = merge(models, tmp_path / "two.pt", world_size=2)
+    assert (merged.batches, merged.batch_size) == (5, 6)
+    for a, b in one.pairs:
+        torch.testing.assert_close(merged.similarity(a, b).cka, one.similarity(a, b).cka, rtol=1e-12, atol=0)
+    assert torch.equal(merge(models, tmp_path / "one.pt", world_size=1).cross["a", "b"], one.cross["a", "b"])
+
+
+def test_torchrun_with_two_processes_gives_the_tables_of_one(tmp_path):
+    args = ["--models", "resnet_18", "vit_ti", "--smoke", "--examples", "16", "--batch-size", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    root = Path(__file__).resolve().parents[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "helpers.cka", *args, "--results", str(tmp_path / "two")],
+                         env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "4 batches of 4 over 2 rank(s)" in two.stdout
+    cka_module.main([*args, "--results", str(tmp_path / "one")])
+    for pair in ("resnet_18_vs_resnet_18", "resnet_18_vs_vit_ti", "vit_ti_vs_vit_ti"):
+        one, two = (pd.read_csv(tmp_path / run / f"cka_{pair}.csv") for run in ("one", "two"))
+        assert list(one.columns) == list(two.columns) and list(one["block"]) == list(two["block"])
+        np.testing.assert_allclose(two.drop(columns="block").to_numpy(), one.drop(columns="block").to_numpy(),
+                                   rtol=1e-10, atol=0)
