@@ -74,9 +74,11 @@ def load(name, root="checkpoints", url=None, map_location=None, verbose=False):
 
 def pretrained(name, root="checkpoints", path=None, smoke=False, map_location=None):
     """What a notebook loads: the official weights (or the file at `path`, e.g. a trained AlterNet); with
-    `smoke=True` a freshly initialised model instead, so smoke runs need no download."""
+    `smoke=True` freshly initialised weights (always the same ones), so smoke runs need no download."""
     if smoke:
-        model = models.create(name).eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same fresh weights in every run and on every torchrun rank
+            model = models.create(name).eval()
         return model.to(map_location) if map_location is not None else model
     if path is not None:
         return load_file(path, name, map_location=map_location)

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 import helpers
 from helpers import checkpoints, data
 from helpers.blocks import Blocks, split
+from helpers.losses import norm_sums
 from helpers.sweep import Rank, rank
 
 CLASS_TOKEN = ("keep", "drop", "class")
@@ -151,13 +152,18 @@ class MinibatchCKA:
     def state_dict(self):
         return {"cross": [[a, b, sums] for (a, b), sums in self.cross.items()], "batches": self.batches,
                 "batch_size": self.batch_size, "class_token": self.class_token,
-                "blocks": {name: [b.name for b in blocks] for name, blocks in self.blocks.items()}}
+                "blocks": {name: [b.name for b in blocks] for name, blocks in self.blocks.items()},
+                "weights": {name: norm_sums(blocks.parameters())[1] for name, blocks in self.blocks.items()}}
 
     def load_state_dict(self, state, *, source="the saved state"):
         mine = self.state_dict()
         for key in ("class_token", "blocks"):
             if state[key] != mine[key]:
                 raise ValueError(f"{source} was computed with {key}={state[key]!r}, not {mine[key]!r}; "
+                                 "delete it or choose another path")
+        for name, l2 in mine["weights"].items():  # the sum of parameter norms tells other weights apart
+            if not math.isclose(state["weights"][name], l2, rel_tol=1e-6):
+                raise ValueError(f"{source} was computed with other weights of {name!r}; "
                                  "delete it or choose another path")
         self.cross = {(a, b): sums for a, b, sums in state["cross"]}
         self.batches, self.batch_size = state["batches"], state["batch_size"]
@@ -280,7 +286,6 @@ def main(argv=None):
     dataset = torch.utils.data.Subset(dataset, range(min(args.examples, len(dataset))))
     nets = {}
     for name in args.models:
-        torch.manual_seed(0)  # the same fresh weights on every rank in smoke mode
         nets[name] = split(checkpoints.pretrained(name, args.checkpoint_root, smoke=args.smoke, map_location=device))
     path = Path(args.results) / f"cka_{'_'.join(args.models)}_{args.class_token}{'_smoke' if args.smoke else ''}.pt"
     loader = data.loader(dataset, args.batch_size, workers=0 if args.smoke else None)

@@ -319,7 +319,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = helpers.pick_device()
     if args.smoke:
-        torch.manual_seed(args.seed)  # the same fresh weights on every rank
         dataset, batch_size = data.synthetic(8), min(args.batch_size, 4)
     else:
         dataset = data.dataset("cifar100", args.data_root, train=True, transform=STRONG.train_transform("cifar100"))

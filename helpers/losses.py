@@ -18,6 +18,8 @@ def nll(logits, targets):
 def norm_sums(parameters):
     """(sum of L1 norms, sum of L2 norms) over `parameters`, in float64: the authors' `l1` and `l2` columns."""
     parameters = [p.detach() for p in parameters]
+    if not parameters:
+        return 0.0, 0.0
     sums = [torch.stack([torch.linalg.vector_norm(p, order, dtype=torch.float64) for p in parameters]).sum()
             for order in (1, 2)]  # one device sync per sum, not per parameter
     return sums[0].item(), sums[1].item()

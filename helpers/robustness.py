@@ -228,7 +228,6 @@ def main(argv=None):
                  else data.cifar100c(args.data_root) if "corruptions" in args.sweeps else None)
     results = Path(args.results)
     for name in args.models:
-        torch.manual_seed(0)
         model = checkpoints.pretrained(name, args.checkpoint_root, smoke=args.smoke, map_location=device)
         if "corruptions" in args.sweeps:
             corruption_sweep(model, corrupted, clean_images, clean_labels, results / "robustness_cifar100c.csv",

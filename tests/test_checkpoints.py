@@ -168,6 +168,10 @@ def test_alternet_has_no_official_file():
 def test_pretrained_in_smoke_mode_needs_no_file(tmp_path):
     model = checkpoints.pretrained("swin_ti", root=tmp_path / "none", smoke=True)
     assert not model.training and not (tmp_path / "none").exists()
+    state = torch.random.get_rng_state()
+    again = checkpoints.pretrained("swin_ti", smoke=True)  # the same weights every time: saved sweeps stay valid
+    assert torch.equal(torch.random.get_rng_state(), state)  # and the global generator is left alone
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
 def test_pretrained_loads_a_given_file(served):

@@ -151,6 +151,21 @@ def test_resume_continues_where_it_stopped(tmp_path):
         cka(feature_blocks(*steps), feature_blocks(*steps), batches, path=path, progress=False)
 
 
+def test_resume_refuses_sums_of_other_weights(tmp_path):
+    torch.manual_seed(0)
+    batches = [torch.randn(6, 4) for _ in range(3)]
+
+    def linear_blocks(seed):
+        torch.manual_seed(seed)
+        layer = torch.nn.Linear(4, 3)
+        return Blocks(Block("mlp", "linear", layer, [layer], "logits"))
+
+    cka(linear_blocks(0), linear_blocks(0), batches[:2], path=tmp_path / "cka.pt", progress=False)
+    assert cka(linear_blocks(0), linear_blocks(0), batches, path=tmp_path / "cka.pt", progress=False).batches == 3
+    with pytest.raises(ValueError, match="other weights"):
+        cka(linear_blocks(1), linear_blocks(0), batches, path=tmp_path / "cka.pt", progress=False)
+
+
 def test_a_short_last_batch_is_left_out_with_a_warning():
     torch.manual_seed(0)
     batches = [torch.randn(6, 4), torch.randn(6, 4), torch.randn(3, 4)]

@@ -21,6 +21,7 @@ def test_norm_sums_by_numpy():
     l1, l2 = losses.norm_sums(tensors)
     assert l1 == pytest.approx(sum(np.abs(t.numpy()).sum() for t in tensors))
     assert l2 == pytest.approx(sum(np.sqrt((t.numpy().astype(np.float64) ** 2).sum()) for t in tensors))
+    assert losses.norm_sums([]) == (0.0, 0.0)
 
 
 def test_penalty_conventions():
