@@ -31,6 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from helpers.losses import l2_penalty, nll
+from helpers.models import evaluating
 from helpers.recipes import STRONG
 from helpers.sweep import Sweep
 
@@ -45,18 +46,6 @@ def math_attention():
     """Scaled-dot-product attention through its plain-operator kernel, which is twice differentiable."""
     with sdpa_kernel(SDPBackend.MATH):
         yield
-
-
-@contextmanager
-def evaluating(model):
-    """The model in eval mode (BatchNorm running statistics, no dropout) for the duration, then as before."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.train(training)
 
 
 class HessianOperator:

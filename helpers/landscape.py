@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 import helpers
 from helpers import checkpoints, data, losses
 from helpers.download import download, sha256
+from helpers.models import evaluating
 from helpers.recipes import STRONG
 from helpers.sweep import Sweep
 
@@ -250,18 +251,13 @@ def landscape(model, batches, *, path, points=None, directions=None, seed=0, nor
     parameters = perturbed_parameters(model)
     directions = [{name: d[name].to(p.device, p.dtype) for name, p in parameters.items()} for d in directions]
     sweep = Sweep(path, ["x", "y"], rank_info)
-    training = model.training
-    model.eval()
-    try:
-        with _Moved(parameters, directions) as moved:
-            for point in tqdm(sweep.todo(points), desc=Path(path).stem, disable=not progress):
-                moved.to(point["x"], point["y"])
-                nll, accuracy = evaluate(model, batches, log_of_softmax=log_of_softmax)
-                l1, l2 = losses.norm_sums(model.parameters())
-                # the "norm_sum" L2 penalty, from the sum just taken, as the authors' notebook adds it
-                sweep.add({**point, "l1": l1, "l2": l2, "NLL": nll, "loss": nll + weight_decay * l2, "Acc": accuracy})
-    finally:
-        model.train(training)
+    with evaluating(model), _Moved(parameters, directions) as moved:
+        for point in tqdm(sweep.todo(points), desc=Path(path).stem, disable=not progress):
+            moved.to(point["x"], point["y"])
+            nll, accuracy = evaluate(model, batches, log_of_softmax=log_of_softmax)
+            l1, l2 = losses.norm_sums(model.parameters())
+            # the "norm_sum" L2 penalty, from the sum just taken, as the authors' notebook adds it
+            sweep.add({**point, "l1": l1, "l2": l2, "NLL": nll, "loss": nll + weight_decay * l2, "Acc": accuracy})
     return read(path, points)
 
 

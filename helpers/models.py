@@ -5,6 +5,7 @@ The transformers come from timm 1.x with the authors' CIFAR hyper-parameters (pa
 their `state_dict()` keys equal the official checkpoints'. `python -m helpers.models` prints a summary.
 """
 from collections import Counter
+from contextlib import contextmanager
 from functools import partial
 
 import torch.nn as nn
@@ -48,6 +49,19 @@ def create(name, num_classes=100, **kw):
     if name.startswith(("vit", "pit", "swin")) and "sd" in kw:
         kw["drop_path_rate"] = kw.pop("sd")  # one name for stochastic depth across families
     return BUILDERS[name](num_classes=num_classes, **kw)
+
+
+@contextmanager
+def evaluating(model):
+    """`model` in eval mode (BatchNorm running statistics, no dropout or drop-path) for the duration, then every
+    submodule back in the mode it was in, also after an error."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.train(training)
 
 
 def count_parameters(model: nn.Module) -> int:

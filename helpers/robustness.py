@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from helpers import data, metrics
+from helpers.models import evaluating
 from helpers.sweep import Sweep
 
 BINS = metrics.BINS  # ECE bins: the authors' 10 equal-width bins (ops/tests.py), as everywhere here
@@ -78,18 +79,14 @@ def evaluate(model, images, labels, *, batch_size=500, perturb=None, bins=BINS, 
     labels = labels.long() if torch.is_tensor(labels) else torch.tensor(np.array(labels), dtype=torch.long)
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    training = model.training
-    model.eval()
-    try:
-        accumulator = metrics.Accumulator(bins=bins, device=device)  # sums stay on the device: no sync per batch
+    accumulator = metrics.Accumulator(bins=bins, device=device)  # sums stay on the device: no sync per batch
+    with evaluating(model):
         for start in range(0, len(labels), batch_size):
             inputs = model_input(images[start:start + batch_size], device, dataset=dataset)
             if perturb is not None:
                 inputs = perturb(inputs, start)
             accumulator.update(model(inputs), labels[start:start + batch_size].to(device, non_blocking=True))
-        return accumulator.result()
-    finally:
-        model.train(training)
+    return accumulator.result()
 
 
 def _row(unit, result):

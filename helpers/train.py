@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 import helpers
 from helpers import data, models
 from helpers.metrics import BINS, Accumulator
+from helpers.models import evaluating
 from helpers.recipes import RECIPES, STRONG
 from helpers.sweep import Rank, Sweep, rank
 
@@ -170,20 +171,18 @@ def evaluate(model, dataset, *, batch_size=256, workers=0, bins=BINS, mixed_prec
     shard = Subset(dataset, range(place.rank, len(dataset), place.world_size))
     loader = DataLoader(shard, batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     channels_last = prefers_channels_last(model)
-    was_training = model.training
-    model.eval()
     accumulator = Accumulator(bins, device=device)
     start = time.perf_counter()
-    for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress or place.rank != 0):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, torch.bfloat16, enabled=mixed_precision and device.type == "cuda"):
-            logits = model(images)
-        accumulator.update(logits, labels.to(device, non_blocking=True))
+    with evaluating(model):
+        for images, labels in tqdm(loader, desc="evaluate", leave=False, disable=not progress or place.rank != 0):
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, torch.bfloat16, enabled=mixed_precision and device.type == "cuda"):
+                logits = model(images)
+            accumulator.update(logits, labels.to(device, non_blocking=True))
     accumulator.reduce()  # also waits for the device, before the clock stops
     images_per_second = len(dataset) / (time.perf_counter() - start)
-    model.train(was_training)
     return accumulator.result(throughput=images_per_second)
 
 
