@@ -8,6 +8,7 @@ every difference, then load strictly. A download from the official location is a
 fingerprints of the real weights (sums of L1 and L2 norms) published with the authors' loss landscapes.
 """
 import math
+import os
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -93,6 +94,19 @@ def load_file(path, name, map_location=None):
     check_structure(state_dict, model.state_dict(), path, name)
     model.load_state_dict(state_dict)
     return model.to(map_location).eval() if map_location is not None else model.eval()
+
+
+def save(obj, path):
+    """`torch.save` to a temporary name beside `path`, then rename: a killed run never leaves half a file, a
+    resumed one finds the previous whole file, and processes racing to write the same file each rename a whole one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        torch.save(obj, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def read_state_dict(path):

@@ -28,7 +28,6 @@ add over batches, so `merge` adds the ranks' files into the CKA of all the batch
 """
 import argparse
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
@@ -174,14 +173,6 @@ def transposed(similarity):
     return Similarity(s.cka.T, s.names_b, s.names_a, s.kinds_b, s.kinds_a, s.batches, s.batch_size)
 
 
-def save_atomically(state, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.part")
-    torch.save(state, partial)
-    os.replace(partial, path)  # a crash leaves the previous complete file
-
-
 def shard_path(path, rank_info):
     """Where one rank keeps its sums: `path` itself for a single process, else e.g. `cka.rank0-of-2.pt`, so
     runs with different world sizes never mix."""
@@ -207,7 +198,7 @@ def minibatch_cka(models, batches, *, class_token="keep", path=None, rank_info=N
 
     def save():
         if path is not None:
-            save_atomically({"sums": accumulator.state_dict(), "stream": state}, path)
+            checkpoints.save({"sums": accumulator.state_dict(), "stream": state}, path)
 
     total = len(batches) if hasattr(batches, "__len__") else None
     for index, batch in enumerate(tqdm(batches, total=total, desc="CKA batches", disable=not progress)):

@@ -23,7 +23,6 @@ Points are rows of a CSV (`helpers.sweep`): reruns skip finished ones and `torch
 directions are saved beside it so that every rank and every resumed run moves along the same ones.
 """
 import argparse
-import os
 import random
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,10 +98,7 @@ def saved_directions(model, path, *, seed=0, normalization="dim0", exclude=EXCLU
     fingerprint = losses.norm_sums(model.parameters())[1]
     if not path.exists():
         directions = random_directions(model, seed=seed, normalization=normalization, exclude=exclude)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        torch.save({**settings, "weights_l2": fingerprint, "directions": directions}, tmp)
-        os.replace(tmp, path)
+        checkpoints.save({**settings, "weights_l2": fingerprint, "directions": directions}, path)
         return directions
     saved = torch.load(path, map_location="cpu", weights_only=True)
     advice = f"delete {path} and the grid CSV beside it, or write to another results folder"

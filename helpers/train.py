@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 import helpers
 from helpers import data, models
+from helpers.checkpoints import save as save_checkpoint  # atomic; tests patch this name
 from helpers.metrics import BINS, Accumulator
 from helpers.models import evaluating
 from helpers.recipes import RECIPES, STRONG
@@ -128,15 +129,6 @@ def seed_everything(seed):
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-
-
-def save_checkpoint(path, checkpoint):
-    """torch.save to a temporary name beside `path`, then rename: a killed run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)
 
 
 def keep_copy(path, copy):
@@ -298,7 +290,7 @@ def train(model, train_set, test_set=None, *, name, recipe=STRONG, dataset="cifa
                           "epoch": epoch + 1, "step": step, "scheduler": scheduler.state_dict(),
                           "recipe": asdict(recipe), "seed": seed, "world_size": place.world_size, "rng": rngs,
                           "metrics": row}
-            save_checkpoint(last, checkpoint)
+            save_checkpoint(checkpoint, last)
             if epoch + 1 == warmup_epochs:
                 keep_copy(last, checkpoint_path(folder, name, dataset, "warmup"))
             if epoch + 1 == total:

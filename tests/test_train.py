@@ -110,8 +110,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, tiny, monkeyp
 
     save = train.save_checkpoint
 
-    def killed_after_epoch_2(path, checkpoint):
-        save(path, checkpoint)
+    def killed_after_epoch_2(checkpoint, path):
+        save(checkpoint, path)
         if checkpoint["epoch"] == 2:
             raise Killed
 
