@@ -1,4 +1,4 @@
-"""The fixture's official checkpoint format (../shared/fixtures/official_checkpoints.json).
+"""The fixture's official checkpoint format (tests/fixtures/official_checkpoints.json).
 
 `official_state_dict(name)` fills the ORIGINAL key layout with the fixture's recipe, so a test can save it
 under the official file name and check that our loader reproduces the original implementation's logits.
@@ -10,13 +10,11 @@ from pathlib import Path
 
 import torch
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_checkpoints.json"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_checkpoints.json"
 
 
 @lru_cache(maxsize=None)
 def fixture():
-    if not FIXTURE.exists():
-        raise FileNotFoundError(f"{FIXTURE} is missing: clone the project with ../shared beside it")
     return json.loads(FIXTURE.read_text())["models"]
 
 

@@ -1,4 +1,4 @@
-"""AlterNet against the original implementation's key layout and logits (../shared/fixtures)."""
+"""AlterNet against the original implementation's key layout and logits (tests/fixtures)."""
 import pytest
 import torch
 from official import manifest, official_state_dict, reference_input, reference_logits
