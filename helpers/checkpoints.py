@@ -5,10 +5,10 @@ Loading one goes: read with `weights_only=True` (a file that would run code is r
 (bare dicts and a `module.` prefix are accepted too), drop non-learned index/mask buffers (the model
 recomputes them), remap the timm 0.5.4 layout to timm 1.x, compare keys and shapes with the model and name
 every difference, then load strictly. A download from the official location is also checked against two
-fingerprints of the real weights (sums of L1 and L2 norms) published with the authors' loss landscapes.
+fingerprints of the real weights (sums of L1 and L2 norms) published with the authors' loss landscapes. The
+official file names, URLs and fingerprints live in the model registry (`helpers.models.REGISTRY`).
 """
 import math
-import os
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,21 +17,10 @@ import torch
 from timm.models import swin_transformer
 
 from helpers import models
-from helpers.download import download, sha256
+from helpers.common import file_digest
+from helpers.download import download, source
 from helpers.losses import norm_sums
 
-BASE_URL = "https://github.com/xxxnell/how-do-vits-work-storage/releases/download/v0.1/"
-FILES = {
-    "resnet_50": "resnet_50_cifar100_691cc9a9e4.pth.tar",
-    "vit_ti": "vit_ti_cifar100_9857b21357.pth.tar",
-    "pit_ti": "pit_ti_cifar100_0645889efb.pth.tar",
-    "swin_ti": "swin_ti_cifar100_ec2894492b.pth.tar",
-}
-# (sum of L1 norms, sum of L2 norms) over parameters: the centre of the authors' published landscape grids
-FINGERPRINTS = {
-    "resnet_50": (508540.66, 1534.2001),
-    "vit_ti": (130782.34, 769.4993),
-}
 FINGERPRINT_RTOL = 1e-5
 NON_LEARNED = re.compile(r"(relative_position_index|attn_mask|rel_index)$")
 SHOWN = 5  # differences listed per category in an error
@@ -42,48 +31,56 @@ class CheckpointError(RuntimeError):
 
 
 def by_hand(name):
-    url = BASE_URL + FILES[name] if name in FILES else "(no official file)"
+    url = models.entry(name).url or "(no official file)"
     return f"To place it by hand, download {url} and put it in checkpoints/ (see checkpoints/README.md)."
 
 
-def load(name, root="checkpoints", url=None, map_location=None, verbose=False):
+def load(name, root="checkpoints", url=None, map_location=None, verbose=False, mirror=None):
     """The model `name` in eval mode with weights from `root`, downloaded first when the file is absent.
 
-    `url` overrides the official location (the file is then verified by structure only).
+    The file comes from the official location, or from the mirror in effect (`mirror`, else $VITS_MIRROR; see
+    `helpers.download`), or from `url`; only an official download is checked against the official fingerprints,
+    the others are verified by structure.
     """
-    if url is None and name not in FILES:
-        raise CheckpointError(f"No official checkpoint was published for {name!r} (there are: {', '.join(FILES)}). "
-                              f"Train one with classification.ipynb and load it with load_file(path, {name!r}).")
-    path = Path(root) / (FILES[name] if url is None else Path(urlparse(url).path).name)
+    entry = models.entry(name)
+    if url is None and entry.file is None:
+        raise CheckpointError(f"No official checkpoint was published for {name!r} (there are: "
+                              f"{', '.join(models.OFFICIAL)}). Train one with classification.ipynb and load it with "
+                              f"load_file(path, {name!r}).")
+    url, official = (url, False) if url is not None else source(entry.url, mirror)
+    path = Path(root) / (entry.file if official else Path(urlparse(url).path).name)
     if path.exists():
         if verbose:
-            print(f"{path}: sha256 {sha256(path)}")
+            print(f"{path}: sha256 {file_digest(path)}")
         return load_file(path, name, map_location=map_location)
-    official, verified = url is None, []
+    verified = []
 
     def verify(tmp):  # runs on the temporary file: a file that fails never reaches `path`
         model = load_file(tmp, name)
         if official:
             check_fingerprint(model, name, tmp)
         if verbose:
-            print(f"{path.name}: sha256 {sha256(tmp)}")
+            print(f"{path.name}: sha256 {file_digest(tmp)}")
         verified.append(model)
 
-    download(url or BASE_URL + FILES[name], path, verify=verify, hint=by_hand(name) if official else "")
+    download(url, path, verify=verify, hint=by_hand(name) if official else "")
     return verified[0].to(map_location) if map_location is not None else verified[0]
 
 
-def pretrained(name, root="checkpoints", path=None, smoke=False, map_location=None):
+def pretrained(name, root="checkpoints", path=None, smoke=False, map_location=None, mirror=None):
     """What a notebook loads: the official weights (or the file at `path`, e.g. a trained AlterNet); with
     `smoke=True` freshly initialised weights (always the same ones), so smoke runs need no download."""
     if smoke:
+        if path is not None:
+            raise ValueError(f"A smoke run uses fresh weights, so the checkpoint {path} would be ignored: "
+                             "drop it, or run without smoke.")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same fresh weights in every run and on every torchrun rank
             model = models.create(name).eval()
         return model.to(map_location) if map_location is not None else model
     if path is not None:
         return load_file(path, name, map_location=map_location)
-    return load(name, root=root, map_location=map_location)
+    return load(name, root=root, map_location=map_location, mirror=mirror)
 
 
 def load_file(path, name, map_location=None):
@@ -94,19 +91,6 @@ def load_file(path, name, map_location=None):
     check_structure(state_dict, model.state_dict(), path, name)
     model.load_state_dict(state_dict)
     return model.to(map_location).eval() if map_location is not None else model.eval()
-
-
-def save(obj, path):
-    """`torch.save` to a temporary name beside `path`, then rename: a killed run never leaves half a file, a
-    resumed one finds the previous whole file, and processes racing to write the same file each rename a whole one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        torch.save(obj, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def read_state_dict(path):
@@ -156,7 +140,7 @@ REMAPS = {"pit": remap_pit, "swin": remap_swin}
 
 def remap(state_dict, name, model):
     state_dict = {k: v for k, v in state_dict.items() if not NON_LEARNED.search(k)}
-    family_remap = REMAPS.get(name.split("_")[0])
+    family_remap = REMAPS.get(models.entry(name).family)
     if family_remap is None:
         return state_dict
     try:
@@ -187,11 +171,12 @@ def fingerprint(model):
 
 
 def check_fingerprint(model, name, path):
-    if name not in FINGERPRINTS:
+    entry = models.entry(name)
+    if entry.fingerprint is None:
         return
-    found, known = fingerprint(model), FINGERPRINTS[name]
+    found, known = fingerprint(model), entry.fingerprint
     if not all(math.isclose(f, k, rel_tol=FINGERPRINT_RTOL) for f, k in zip(found, known)):
         raise CheckpointError(
-            f"The downloaded {FILES[name]} is not the official {name} checkpoint: its parameters' L1/L2 norm sums "
+            f"The downloaded {entry.file} is not the official {name} checkpoint: its parameters' L1/L2 norm sums "
             f"are {found[0]:.2f}/{found[1]:.4f}, the official weights' are {known[0]:.2f}/{known[1]:.4f} "
-            f"(sha256 of the file: {sha256(path)}). It was not saved. {by_hand(name)}")
+            f"(sha256 of the file: {file_digest(path)}). It was not saved. {by_hand(name)}")

@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 import helpers
 from helpers import checkpoints, data
 from helpers.blocks import Blocks, split
+from helpers.common import Rank, rank
 from helpers.losses import norm_sums
-from helpers.sweep import Rank, rank
 
 CLASS_TOKEN = ("keep", "drop", "class")
 
@@ -198,7 +198,7 @@ def minibatch_cka(models, batches, *, class_token="keep", path=None, rank_info=N
 
     def save():
         if path is not None:
-            checkpoints.save({"sums": accumulator.state_dict(), "stream": state}, path)
+            save({"sums": accumulator.state_dict(), "stream": state}, path)
 
     total = len(batches) if hasattr(batches, "__len__") else None
     for index, batch in enumerate(tqdm(batches, total=total, desc="CKA batches", disable=not progress)):

@@ -19,12 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 from torchvision import datasets, transforms
 from torchvision.datasets.utils import check_integrity, extract_archive
 
-from helpers.download import DownloadError, download
-from helpers.download import download as fetch  # for cifar100c, whose `download` flag shadows the name
+from helpers.common import file_digest
+from helpers.download import DownloadError, download, source
+from helpers.download import (
+    download as fetch,  # for cifar100c, whose `download` flag shadows the name
+)
 
 # From the authors' configs/cifar{10,100}_*.yaml (the same in every config of a dataset).
 MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4867, 0.4408)}
@@ -116,12 +119,18 @@ class _CIFAR100(_Downloading, datasets.CIFAR100):
 _DATASETS = {"cifar10": _CIFAR10, "cifar100": _CIFAR100}
 
 
-def dataset(name, root="data", *, train=True, transform=None, download=True, url=None):
+def dataset(name, root="data", *, train=True, transform=None, download=True, url=None, mirror=None):
     """The train or test split of `name` as a torchvision CIFAR dataset of (image, label) pairs.
 
-    Images are PIL images unless `transform` says otherwise. The data is downloaded into `root` when
-    absent and `download` is true; `url` replaces the official archive URL (checked by structure only).
+    Images are PIL images unless `transform` says otherwise. The data is downloaded into `root` when absent and
+    `download` is true, from the official location (MD5-checked) or from the mirror in effect (`mirror`, else
+    $VITS_MIRROR; see `helpers.download`) or from `url`, whose archives are checked by structure only.
     """
+    if name not in _DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of: {', '.join(_DATASETS)}")
+    if url is None:
+        url, official = source(_DATASETS[name].url, mirror)
+        url = None if official else url
     return _DATASETS[name](root, train, transform, download, url)
 
 
@@ -138,6 +147,45 @@ def synthetic(n=64, name="cifar100", *, seed=0):
     pixels = torch.randint(0, 256, (n, 3, 32, 32), generator=generator, dtype=torch.uint8)
     labels = torch.randint(0, NUM_CLASSES[name], (n,), generator=generator)
     return TensorDataset(normalize(name)(pixels / 255), labels)
+
+
+def sample(dataset, n=None, *, seed=0):
+    """The first `n` items of `dataset` in an order shuffled by `seed`, as a Subset; all of it when `n` is None."""
+    if n is None:
+        return dataset
+    if n > len(dataset):
+        raise ValueError(f"{n} images asked for, but the dataset holds {len(dataset)}")
+    return Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist())
+
+
+def fingerprint(dataset):
+    """The identity and size of `dataset`, for the definition of a stored result: a digest of its raw content (a
+    CIFAR split's uint8 images and labels, a tensor dataset's tensors, an image folder's file names and sizes),
+    through any `Subset`s. Transforms are not part of it: the settings that choose them are in the definition."""
+    digest = hashlib.sha256()
+    kind = _feed(digest, dataset)
+    return {"kind": kind, "size": len(dataset), "digest": digest.hexdigest()[:16]}
+
+
+def _feed(digest, dataset):
+    if isinstance(dataset, Subset):
+        digest.update(np.asarray(dataset.indices, dtype=np.int64).tobytes())
+        return _feed(digest, dataset.dataset) + " subset"
+    if isinstance(dataset, TensorDataset):
+        for tensor in dataset.tensors:
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return "tensors"
+    if isinstance(dataset, datasets.CIFAR10):  # CIFAR-100 too
+        digest.update(np.ascontiguousarray(dataset.data).tobytes())
+        digest.update(np.asarray(dataset.targets, dtype=np.int64).tobytes())
+        return f"{type(dataset).__name__.strip('_').lower()} {'train' if dataset.train else 'test'}"
+    files = getattr(dataset, "samples", None) or [(path, -1) for path in getattr(dataset, "files", [])]
+    if files:  # an image folder: names, labels and sizes
+        for path, label in files:
+            digest.update(f"{Path(path).name} {label} {os.path.getsize(path)}\n".encode())
+        return "image folder"
+    raise TypeError(f"Cannot fingerprint a {type(dataset).__name__}: give a CIFAR split, a TensorDataset, an image "
+                    "folder or a Subset of one")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -195,13 +243,18 @@ class CorruptedCIFAR:
         """Class indices (int64) of the images of any corruption at `severity` (the same test images each time)."""
         return np.array(self._labels[self._rows(severity)], dtype=np.int64)
 
-
-def _md5(path):
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    def fingerprint(self):
+        """Identity and size for a stored result: the labels, and each corruption's file size and first and last
+        megabyte (hashing all 2.9 GB would cost more than it tells: the folder is the MD5-checked archive's)."""
+        digest = hashlib.sha256(np.ascontiguousarray(self._labels).tobytes())
+        for name in self.corruptions:
+            path = self.folder / f"{name}.npy"
+            with open(path, "rb") as f:
+                head = f.read(1 << 20)
+                f.seek(max(path.stat().st_size - (1 << 20), 0))
+                digest.update(f"{name} {path.stat().st_size}".encode() + head + f.read())
+        return {"kind": "cifar-c", "size": len(self._labels), "corruptions": len(self.corruptions),
+                "digest": digest.hexdigest()[:16]}
 
 
 def _check_members(tar, target):
@@ -225,23 +278,26 @@ def safe_extract(archive, target):
             tar.extractall(target)
 
 
-def cifar100c(root="data", *, download=True, url=None):
+def cifar100c(root="data", *, download=True, url=None, mirror=None):
     """CIFAR-100-C in `root`/CIFAR-100-C, downloaded (2.9 GB) and extracted when absent.
 
-    The archive must match `CIFAR100C_MD5` before anything is extracted; `url` replaces the official location
-    (a mirror of the same file). An archive put in `root` by hand as CIFAR-100-C.tar is used without download.
+    From the official location the archive must match `CIFAR100C_MD5` before anything is extracted; from the
+    mirror in effect (`mirror`, else $VITS_MIRROR) or `url` it must hold labels.npy and all 19 corruptions. An
+    archive put in `root` by hand as CIFAR-100-C.tar is used without download.
     """
     root = Path(root)
     folder, archive = root / CIFAR100C_FOLDER, root / f"{CIFAR100C_FOLDER}.tar"
     if folder.is_dir():
         return CorruptedCIFAR(folder)
-    url = url or CIFAR100C_URL
+    url, official = (url, False) if url else source(CIFAR100C_URL, mirror)
     hint = f"Download {CIFAR100C_URL} by hand and put it in {root}/ as {archive.name}: it is extracted on the next call."
 
     def verify(path):
-        if _md5(path) != CIFAR100C_MD5:
+        if official and file_digest(path, "md5") != CIFAR100C_MD5:
             raise DownloadError(f"the download of {url} does not match the MD5 {CIFAR100C_MD5} (corrupted or "
                                 f"not CIFAR-100-C); nothing was kept. {hint}")
+        if not official:
+            check_cifar100c_members(path, url)
 
     if not archive.is_file():
         if not download:
@@ -250,7 +306,7 @@ def cifar100c(root="data", *, download=True, url=None):
             fetch(url, archive, verify=verify, hint=hint)
         except DownloadError as error:
             raise RuntimeError(f"CIFAR-100-C could not be downloaded: {error}") from error
-    elif _md5(archive) != CIFAR100C_MD5:
+    elif official and file_digest(archive, "md5") != CIFAR100C_MD5:
         raise RuntimeError(f"{archive} does not match the MD5 {CIFAR100C_MD5}: delete it and run again to download it.")
     partial = Path(tempfile.mkdtemp(dir=root, prefix=f".{CIFAR100C_FOLDER}."))
     try:
@@ -261,6 +317,19 @@ def cifar100c(root="data", *, download=True, url=None):
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return CorruptedCIFAR(folder)
+
+
+def check_cifar100c_members(archive, origin):
+    """A mirror's archive must hold CIFAR-100-C/labels.npy and the .npy of every corruption."""
+    expected = {f"{CIFAR100C_FOLDER}/{name}.npy" for name in ("labels", *ALL_CORRUPTIONS)}
+    try:
+        with tarfile.open(archive) as tar:
+            missing = sorted(expected - set(tar.getnames()))
+    except (OSError, EOFError, tarfile.TarError) as error:
+        raise DownloadError(f"{origin} is not a readable tar archive ({error}); nothing was kept.") from error
+    if missing:
+        raise DownloadError(f"{origin} is not CIFAR-100-C: it lacks {', '.join(missing[:5])}"
+                            f"{' and more' if len(missing) > 5 else ''}; nothing was kept.")
 
 
 def synthetic_cifar100c(folder, n=4, *, corruptions=ALL_CORRUPTIONS, seed=0):

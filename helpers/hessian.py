@@ -19,7 +19,6 @@ timm's attention calls fused scaled-dot-product kernels that have no double back
 is forced for the duration of a computation (`math_attention`), then the previous choice is restored.
 """
 import argparse
-import random
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -30,8 +29,8 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+from helpers.common import evaluating, seeded
 from helpers.losses import l2_penalty, nll
-from helpers.models import evaluating
 from helpers.recipes import STRONG
 from helpers.sweep import Sweep
 
@@ -162,19 +161,6 @@ def spectral_density(nodes, weights, grid, *, sigma):
         gaussians = torch.exp(-(grid[:, None] - run_nodes[None]) ** 2 / (2 * sigma ** 2)) / (sigma * (2 * np.pi) ** 0.5)
         density += gaussians @ run_weights  # (grid, runs) @ (runs,)
     return density / len(nodes)
-
-
-@contextmanager
-def seeded(seed):
-    """Python's, numpy's and torch's global generators seeded for the duration, then restored: the
-    augmentation (torchvision, RandAugment, timm's Mixup) draws from all three."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed), np.random.seed(seed % 2 ** 32), torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(python_state), np.random.set_state(numpy_state)
 
 
 def batch_indices(dataset, *, batch_size=BATCH_SIZE, fraction=FRACTION, seed=0):

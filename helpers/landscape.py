@@ -19,12 +19,14 @@ augmented batches, drawn once from `seed` (each image's crop/flip/RandAugment fr
 and a point's value does not depend on the rank, worker count or resumption that computed it. They are kept
 in memory on the model's device (CIFAR's 50,000 images: 0.6 GB), which makes a point cost one eval pass.
 
-Points are rows of a CSV (`helpers.sweep`): reruns skip finished ones and `torchrun` ranks share them; the
-directions are saved beside it so that every rank and every resumed run moves along the same ones.
+Points are rows of a table bound to the experiment's definition (`Config`, `helpers.experiment`): reruns skip
+finished ones and `torchrun` ranks share them (`python -m helpers.landscape`, `torchrun --nproc-per-node N -m
+helpers.landscape`). The directions are not stored: every rank and every resumed run regenerates them bit for bit
+from the seed on the CPU (norms in float64), and a digest of them is part of the definition, so rows moved along
+other directions (other weights, seed or normalisation) are never read back.
 """
-import argparse
-import random
-from contextlib import contextmanager
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,29 +35,42 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-import helpers
-from helpers import checkpoints, data, losses
-from helpers.download import download, sha256
-from helpers.models import evaluating
+from helpers import checkpoints, data, experiment, losses, models
+from helpers.common import evaluating, file_digest, pick_device, seeded
+from helpers.download import download, source
+from helpers.experiment import Experiment, positive, setting
 from helpers.recipes import STRONG
-from helpers.sweep import Sweep
+from helpers.sweep import fill
 
 EXCLUDED = ("pos_embed", "relative_position")  # the authors' `kws`
 EPS = 1e-7
 COLUMNS = ("x", "y", "l1", "l2", "NLL", "loss", "Acc")
-
-# The authors' published grids, at a pinned commit of their repository, and the columns of those header-less
-# CSVs (losslandscape.ipynb's `names`: tests.save_metrics writes the grid point, the norm sums, the metrics).
-PUBLISHED_URL = ("https://raw.githubusercontent.com/xxxnell/how-do-vits-work/"
-                 "9571ff1370f31af2f433558fbfa7bc87a97b0bab/resources/results/")
-PUBLISHED = {
-    "resnet_50": ("cifar100_resnet_dnn_50_losslandscape.csv",
-                  "395072b64c65445dca7a94ab38f0d7042ebe0309538679fce22853dd73633c8f"),
-    "vit_ti": ("cifar100_vit_ti_losslandscape.csv",
-               "166207c69cb3055c171de3ad8bc98fed91f436367ccbede820265303c1c8ffb2"),
-}
+# The columns of the authors' header-less published CSVs (losslandscape.ipynb's `names`: tests.save_metrics
+# writes the grid point, the norm sums, the metrics); the files and digests are in the model registry.
 PUBLISHED_COLUMNS = ("x", "y", "l1", "l2", "NLL", "Cutoff1", "Cutoff2", "Acc", "Acc-90", "Unc", "Unc-90", "IoU",
                      "IoU-90", "Freq", "Freq-90", "Top-5", "Brier", "ECE", "ECSE")
+PUBLISHED_MODELS = tuple(name for name, entry in models.REGISTRY.items() if entry.grid)
+AUTHORS_SAMPLE = 4992  # 52 batches of 96: the training images behind each published grid (Acc is k / 4992)
+
+
+@dataclass
+class Config(Experiment):
+    """Fig. 1a, one landscape per model."""
+    points: int = setting(21, "grid points per axis over [-span, span] (1: the centre only)", identity=False,
+                          smoke=3, check=positive)
+    span: float = setting(1.0, "the grid covers [-span, span]^2", identity=False,
+                          check=lambda v: None if v > 0 else "must be positive")
+    one_dimensional: bool = setting(False, "only the slice y = 0 of the grid", identity=False)
+    images: int | None = setting(None, "training images, the first of a seeded shuffle (None: all 50,000; 4992: "
+                                 "the size of the authors' published grids' sample)", smoke=8, check=positive)
+    batch_size: int = setting(STRONG.batch_size, "images per batch (the strong recipe's)", smoke=4, check=positive)
+    seed: int = setting(0, "draws the two directions and the augmented batches")
+    normalization: str = setting("dim0", "direction scaling: the authors' norms over dim 0, or Li et al.'s per filter",
+                                 choices=("dim0", "filter"))
+    weight_decay: float = setting(STRONG.weight_decay, "L2 = weight decay x sum of the parameters' L2 norms")
+    workers: int | None = setting(None, "data-loading processes (None: up to 4)", identity=False)
+    authors: bool = setting(True, "also plot the authors' published grids (ResNet-50, ViT-Ti; not in smoke runs)",
+                            identity=False)
 
 
 # Directions
@@ -68,21 +83,22 @@ def perturbed_parameters(model, *, exclude=EXCLUDED):
 
 def filter_normalized_direction(direction, weight, *, normalization="dim0"):
     """`direction` rescaled to the norms of `weight`: "dim0" (the authors') takes both norms over dim 0, one
-    per position of the other dims; "filter" (Li et al. 2018) one per output filter (slice of dim 0)."""
+    per position of the other dims; "filter" (Li et al. 2018) one per output filter (slice of dim 0). The norms
+    and the scaling are computed in float64, so that the float32 result is the same bits on any CPU."""
     if normalization == "dim0":
         dims = (0,)
     elif normalization == "filter":
         dims = tuple(range(1, weight.ndim))
     else:
         raise ValueError(f"normalization must be 'dim0' (the authors') or 'filter' (Li et al.), not {normalization!r}")
-    weight_norm = torch.linalg.vector_norm(weight, dim=dims, keepdim=True)
-    direction_norm = torch.linalg.vector_norm(direction, dim=dims, keepdim=True)
-    return weight_norm / (direction_norm + EPS) * direction
+    weight_norm = torch.linalg.vector_norm(weight.double(), dim=dims, keepdim=True)
+    direction_norm = torch.linalg.vector_norm(direction.double(), dim=dims, keepdim=True)
+    return (weight_norm / (direction_norm + EPS) * direction.double()).to(direction.dtype)
 
 
 def random_directions(model, *, seed=0, normalization="dim0", exclude=EXCLUDED):
     """Two normalised Gaussian directions (dicts of float32 CPU tensors by parameter name), drawn on the CPU
-    from `seed` so that every device and every rank gets the same bits."""
+    from `seed` so that every device, rank and resumed run regenerates the same bits."""
     generator = torch.Generator().manual_seed(seed)
     weights = {name: p.detach().float().cpu() for name, p in perturbed_parameters(model, exclude=exclude).items()}
     return [{name: filter_normalized_direction(torch.randn(w.shape, generator=generator), w,
@@ -90,26 +106,13 @@ def random_directions(model, *, seed=0, normalization="dim0", exclude=EXCLUDED):
             for _ in range(2)]
 
 
-def saved_directions(model, path, *, seed=0, normalization="dim0", exclude=EXCLUDED):
-    """The directions stored at `path`, or new ones from `seed`, saved there first (atomically: ranks racing
-    here write the same bits). Refuses a file made with other settings, for other parameters or other weights."""
-    path = Path(path)
-    settings = {"seed": seed, "normalization": normalization, "exclude": list(exclude)}
-    fingerprint = losses.norm_sums(model.parameters())[1]
-    if not path.exists():
-        directions = random_directions(model, seed=seed, normalization=normalization, exclude=exclude)
-        checkpoints.save({**settings, "weights_l2": fingerprint, "directions": directions}, path)
-        return directions
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    advice = f"delete {path} and the grid CSV beside it, or write to another results folder"
-    if {k: saved.get(k) for k in settings} != settings:
-        raise ValueError(f"{path} holds directions made with {({k: saved.get(k) for k in settings})}, "
-                         f"not {settings}: {advice}.")
-    check_fit(saved["directions"], model, source=str(path), exclude=exclude)
-    if not np.isclose(saved["weights_l2"], fingerprint, rtol=1e-6, atol=0):
-        raise ValueError(f"{path} was made for weights whose L2 norms sum to {saved['weights_l2']:.6g}; this "
-                         f"model's sum to {fingerprint:.6g} (another checkpoint?): {advice}.")
-    return saved["directions"]
+def directions_digest(directions):
+    """SHA-256 (16 hex digits) of the directions' names and bits: part of a landscape's definition."""
+    digest = hashlib.sha256()
+    for direction in directions:
+        for name, tensor in direction.items():
+            digest.update(name.encode() + tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def check_fit(directions, model, *, source="the directions", exclude=EXCLUDED):
@@ -128,22 +131,6 @@ def check_fit(directions, model, *, source="the directions", exclude=EXCLUDED):
 
 # Augmented batches, reproducible per image and per batch
 
-@contextmanager
-def _seeded(*entropy):
-    """Seed Python's, NumPy's and torch's CPU generators from `entropy` (ints); restore them afterwards."""
-    seed = int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-
-
 class _SeededSamples(Dataset):
     """`dataset` whose random transform draws image i from generators seeded by (seed, i)."""
 
@@ -154,7 +141,7 @@ class _SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        with _seeded(self.seed, 0, index):
+        with seeded(self.seed, 0, index):
             return self.dataset[index]
 
 
@@ -172,7 +159,7 @@ def augmented_batches(dataset, *, seed=0, batch_size=STRONG.batch_size, mixup=No
     for index, (images, labels) in enumerate(tqdm(loader, desc="augmented batches", disable=not progress)):
         images, labels = images.to(device), labels.to(device)
         if mixup is not None:
-            with _seeded(seed, 1, index):  # timm's Mixup draws from NumPy's global generator
+            with seeded(seed, 1, index):  # timm's Mixup draws from NumPy's global generator
                 images, labels = mixup(images, labels)
         batches.append((images, labels))
     return batches
@@ -181,18 +168,12 @@ def augmented_batches(dataset, *, seed=0, batch_size=STRONG.batch_size, mixup=No
 # The grid
 
 def grid_points(n=21, *, span=1.0, one_dimensional=False):
-    """The authors' grid: x, y in np.linspace(-span, span, n), x varying fastest; or the slice y = 0."""
-    xs = np.linspace(-span, span, n).tolist()
+    """The authors' grid: x, y in np.linspace(-span, span, n), x varying fastest; or the slice y = 0. A grid of
+    one point is the centre."""
+    if n < 1:
+        raise ValueError(f"a grid needs at least one point per axis, not {n}")
+    xs = np.linspace(-span, span, n).tolist() if n > 1 else [0.0]
     return [{"x": x, "y": y} for y in ([0.0] if one_dimensional else xs) for x in xs]
-
-
-def grid_path(results, name, *, smoke=False):
-    """Where the grid CSV of model `name` lives (its directions sit beside it, see `directions_path`)."""
-    return Path(results) / f"losslandscape_{name}{'_smoke' if smoke else ''}_grid.csv"
-
-
-def directions_path(path):
-    return Path(path).with_name(Path(path).stem + "_directions.pt")
 
 
 class _Moved:
@@ -232,99 +213,111 @@ def evaluate(model, batches, *, log_of_softmax=True):
     return float(nll / steps), float(correct / count)  # one synchronisation per point
 
 
-def landscape(model, batches, *, path, points=None, directions=None, seed=0, normalization="dim0",
-              weight_decay=STRONG.weight_decay, log_of_softmax=True, rank_info=None, progress=True):
-    """Fill the CSV at `path` with one row (COLUMNS) per grid point of `points` (default `grid_points()`) not
-    there yet, this rank's share; return the finished rows of `points` as a DataFrame, in their order.
+def landscape(model, batches, table, points, directions, *, weight_decay=STRONG.weight_decay, log_of_softmax=True,
+              progress=True):
+    """Fill `table` (a `helpers.sweep.Table` keyed by x, y) with one row (COLUMNS) per grid point of `points` not
+    there yet, this rank's share; return the finished rows of `points` as a DataFrame of floats, in their order.
 
-    `directions` default to `saved_directions(model, directions_path(path), seed=, normalization=)`. The model
-    is evaluated in eval mode and handed back with its mode and bit-identical weights.
+    `batches` may be a callable returning them, called only if a point is left to compute. The model is evaluated
+    in eval mode and handed back with its mode and bit-identical weights.
     """
-    points = grid_points() if points is None else list(points)
-    if directions is None:
-        directions = saved_directions(model, directions_path(path), seed=seed, normalization=normalization)
     check_fit(directions, model)
     parameters = perturbed_parameters(model)
     directions = [{name: d[name].to(p.device, p.dtype) for name, p in parameters.items()} for d in directions]
-    sweep = Sweep(path, ["x", "y"], rank_info)
+    if table.todo(points) and callable(batches):
+        batches = batches()
     with evaluating(model), _Moved(parameters, directions) as moved:
-        for point in tqdm(sweep.todo(points), desc=Path(path).stem, disable=not progress):
+        def compute(point):
             moved.to(point["x"], point["y"])
             nll, accuracy = evaluate(model, batches, log_of_softmax=log_of_softmax)
             l1, l2 = losses.norm_sums(model.parameters())
             # the "norm_sum" L2 penalty, from the sum just taken, as the authors' notebook adds it
-            sweep.add({**point, "l1": l1, "l2": l2, "NLL": nll, "loss": nll + weight_decay * l2, "Acc": accuracy})
-    return read(path, points)
+            return {**point, "l1": l1, "l2": l2, "NLL": nll, "loss": nll + weight_decay * l2, "Acc": accuracy}
+
+        fill(table, points, compute, desc=f"landscape {table.folder.name}", progress=progress)
+    return read(table, points)
 
 
-def read(path, points=None):
-    """The finished rows of the CSV at `path` (of `points` only, in their order) as floats."""
-    rows = pd.DataFrame(Sweep(path, ["x", "y"]).rows(), columns=list(COLUMNS)).astype(float)
-    if points is None:
-        return rows
-    wanted = pd.DataFrame(points).astype(float)
-    return wanted.merge(rows.drop_duplicates(["x", "y"]), on=["x", "y"], how="inner")
+def read(table, points=None):
+    """The finished rows of `table` (of `points` only, in their order) as a DataFrame of floats, COLUMNS."""
+    return table.frame(points).reindex(columns=list(COLUMNS)).astype(float)
 
 
-def as_grid(table, column="loss"):
-    """(X, Y, Z) 2-D arrays, rows along y and columns along x, from a table of grid points."""
-    z = table.drop_duplicates(["x", "y"]).pivot(index="y", columns="x", values=column)
-    x, y = np.meshgrid(z.columns.to_numpy(), z.index.to_numpy())
-    return x, y, z.to_numpy()
-
-
-def published(name, folder="results", *, url=None, weight_decay=STRONG.weight_decay):
-    """The authors' published grid for `name` ("resnet_50" or "vit_ti"), downloaded into `folder` once (checked
-    against its SHA-256 unless `url` points elsewhere), as a table of COLUMNS with loss = NLL + wd x l2."""
-    if name not in PUBLISHED:
-        raise ValueError(f"The authors published landscapes for {', '.join(PUBLISHED)} only, not {name!r}.")
-    file, digest = PUBLISHED[name]
-    path = Path(folder) / f"authors_{file}"
+def published(name, folder="data", *, url=None, mirror=None, weight_decay=STRONG.weight_decay):
+    """The authors' published grid for `name` (registry entries with a `grid`: ResNet-50, ViT-Ti), downloaded into
+    `folder`/authors once, as a table of COLUMNS with loss = NLL + wd x l2. The official file is checked against its
+    SHA-256; a mirror's (`mirror`, $VITS_MIRROR) or `url`'s by its layout (19 numeric columns)."""
+    entry = models.entry(name)
+    if entry.grid is None:
+        raise ValueError(f"The authors published landscapes for {', '.join(PUBLISHED_MODELS)} only, not {name!r}.")
+    file, digest = entry.grid
+    url, official = (url, False) if url else source(entry.grid_url, mirror)
+    path = Path(folder) / "authors" / file
 
     def verify(tmp):
-        if url is None and sha256(tmp) != digest:
-            raise ValueError(f"{PUBLISHED_URL + file} changed: its SHA-256 is not {digest}.")
+        if official and file_digest(tmp) != digest:
+            raise ValueError(f"{url} changed: its SHA-256 is not {digest}.")
+        read_published(tmp)
 
     if not path.exists():
-        download(url or PUBLISHED_URL + file, path, verify=verify)
-    table = pd.read_csv(path, names=list(PUBLISHED_COLUMNS), header=None)
+        download(url, path, verify=verify)
+    table = read_published(path)
     table["loss"] = table["NLL"] + weight_decay * table["l2"]
     return table[list(COLUMNS)]
 
 
+def read_published(path):
+    table = pd.read_csv(path, names=list(PUBLISHED_COLUMNS), header=None)
+    if table.isna().any().any() or not all(pd.api.types.is_numeric_dtype(t) for t in table.dtypes):
+        raise ValueError(f"{path} is not one of the authors' grids: expected {len(PUBLISHED_COLUMNS)} numeric columns "
+                         f"({', '.join(PUBLISHED_COLUMNS[:5])}, ...) without a header.")
+    return table
+
+
+# The experiment: the notebook and `python -m helpers.landscape` both call `run`
+
+def training_set(config):
+    """The training images of `config`: CIFAR-100 with the strong recipe's transform (synthetic ones when smoke),
+    the first `config.images` of a shuffle seeded by `config.seed`."""
+    if config.smoke:
+        return data.synthetic(config.images, seed=config.seed)
+    dataset = data.dataset("cifar100", config.data_root, train=True, transform=STRONG.train_transform("cifar100"),
+                           mirror=config.mirror)
+    return data.sample(dataset, config.images, seed=config.seed)
+
+
+def run(config, *, progress=True):
+    """The landscape of every model of `config`: this rank's unfinished points computed and stored; returns one
+    `experiment.Outcome` per model (`read(outcome.table, outcome.units)` is its table)."""
+    config = config.resolved()
+    device = pick_device()
+    dataset = training_set(config)
+    points = grid_points(config.points, span=config.span, one_dimensional=config.one_dimensional)
+    augmented = []
+
+    def batches():  # drawn once, and only if some point is left to compute
+        if not augmented:
+            augmented.extend(augmented_batches(dataset, seed=config.seed, batch_size=config.batch_size,
+                                               mixup=STRONG.mixup_fn(data.NUM_CLASSES["cifar100"]), device=device,
+                                               workers=config.workers, progress=progress))
+        return augmented
+
+    outcomes = []
+    for name in config.models:
+        model = checkpoints.pretrained(name, config.checkpoint_root, path=config.checkpoints.get(name),
+                                       smoke=config.smoke, map_location=device, mirror=config.mirror)
+        directions = random_directions(model, seed=config.seed, normalization=config.normalization)
+        weights = {"model": experiment.weights_digest(model), "directions": directions_digest(directions)}
+        table = experiment.table(config, "landscape", name, ("x", "y"), data=data.fingerprint(dataset),
+                                 weights=weights)
+        landscape(model, batches, table, points, directions, weight_decay=config.weight_decay, progress=progress)
+        outcomes.append(experiment.Outcome(name, table, points))
+    return outcomes
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Fig. 1a: the NLL + L2 loss landscape of one model on augmented "
-                                     "CIFAR-100 (torchrun --nproc-per-node N -m helpers.landscape ... splits the points)")
-    parser.add_argument("model", help="a registry name (python -m helpers.models lists them)")
-    parser.add_argument("--checkpoint", help="a checkpoint file (default: the official weights)")
-    parser.add_argument("--checkpoint-root", default="checkpoints")
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--points", type=int, default=21, help="points per axis")
-    parser.add_argument("--span", type=float, default=1.0, help="the grid covers [-span, span]^2")
-    parser.add_argument("--slice", action="store_true", help="only the 1-D slice y = 0")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the directions and the augmented batches")
-    parser.add_argument("--batch-size", type=int, default=STRONG.batch_size)
-    parser.add_argument("--normalization", choices=("dim0", "filter"), default="dim0")
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--smoke", action="store_true", help="fresh weights and 8 synthetic images")
-    args = parser.parse_args(argv)
-    device = helpers.pick_device()
-    if args.smoke:
-        dataset, batch_size = data.synthetic(8), min(args.batch_size, 4)
-    else:
-        dataset = data.dataset("cifar100", args.data_root, train=True, transform=STRONG.train_transform("cifar100"))
-        batch_size = args.batch_size
-    model = checkpoints.pretrained(args.model, args.checkpoint_root, path=args.checkpoint, smoke=args.smoke,
-                                   map_location=device)
-    batches = augmented_batches(dataset, seed=args.seed, batch_size=batch_size,
-                                mixup=STRONG.mixup_fn(data.NUM_CLASSES["cifar100"]), device=device,
-                                workers=args.workers)
-    path = grid_path(args.results, args.model, smoke=args.smoke)
-    points = grid_points(args.points, span=args.span, one_dimensional=args.slice)
-    table = landscape(model, batches, path=path, points=points, seed=args.seed, normalization=args.normalization)
-    print(f"{path}: {len(table)} of {len(points)} points finished")
+    return experiment.main(Config, run, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -17,6 +17,8 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter
 
+from helpers import models
+from helpers.common import writing
 from helpers.fourier import shifted_frequencies
 
 SHADES = {"msa": ("tab:gray", 0.15), "pool": ("tab:blue", 0.15)}  # conv/mlp stay white, as in the paper
@@ -27,15 +29,25 @@ KIND_COLORS = {"embed": "black", "conv": "tab:blue", "msa": "tab:red", "mlp": "t
                "pool": "tab:purple", "head": "tab:gray"}  # pool: every subsampling block, strided bottlenecks too
 
 
-def save(fig, name, folder="results", table=None):
-    """Write `fig` as `folder/name.png` and `.pdf`, and `table` (a DataFrame or dict of columns) as `.csv`."""
+SMOKE_TITLE = "SMOKE RUN: fresh weights, synthetic data (meaningless numbers)"
+
+
+def save(fig, name, folder="results", table=None, *, smoke=False):
+    """Write `fig` as `folder/name.png` and `.pdf`, and `table` (a DataFrame or dict of columns) as `.csv`, beside
+    them; the resumable sweeps live apart, under `folder/sweeps/`. A smoke run's figure says so in its title."""
+    if Path(name).name != name or name == "sweeps":
+        raise ValueError(f"A figure name is a plain file name, not {name!r}: sweeps live in {folder}/sweeps/")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fig.savefig(folder / f"{name}.png", dpi=150, bbox_inches="tight")
-    fig.savefig(folder / f"{name}.pdf", bbox_inches="tight")
-    if table is not None:
-        pd.DataFrame(table).to_csv(folder / f"{name}.csv", index=False)
-    return [folder / f"{name}.{ext}" for ext in ("png", "pdf", "csv" if table is not None else None) if ext]
+    if smoke:
+        fig.suptitle(SMOKE_TITLE, color="tab:red", fontsize="medium", y=1.02)
+    paths = [folder / f"{name}.{ext}" for ext in ("png", "pdf", "csv" if table is not None else None) if ext]
+    with writing(paths[0]):
+        folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+        fig.savefig(paths[1], bbox_inches="tight")
+        if table is not None:
+            pd.DataFrame(table).to_csv(paths[2], index=False)
+    return paths
 
 
 def normalized_depth(n):
@@ -66,9 +78,10 @@ def shade_kinds(ax, blocks):
 
 
 def model_style(name):
-    """(marker, colour) of a model, by family: the authors' diamonds for ResNet, circles for ViT."""
-    family = name.split("_")[0].rstrip("0123456789")  # resnet_50, resnet50, vit_tiny_patch16_224 -> family
-    return STYLES.get(family, OTHER_STYLE)
+    """(marker, colour) of a registry model (a label may follow its name: "vit_ti (authors)"), by its family: the
+    authors' diamonds for ResNet, circles for ViT."""
+    entry = models.REGISTRY.get(name.split()[0])
+    return STYLES.get(entry.family, OTHER_STYLE) if entry else OTHER_STYLE
 
 
 def depth_curve(ax, blocks, values, *, marker="o", color=None, label=None, highlight=None):
@@ -150,6 +163,42 @@ def symlog_bins(values, linthresh, count=60):
     """`count` histogram bin edges, even on a symmetric-log axis, spanning +-1.05 max|values| (Hessian spectra)."""
     limit = np.arcsinh(np.abs(values).max() * 1.05 / linthresh)
     return np.sinh(np.linspace(-limit, limit, count)) * linthresh
+
+
+def loss_landscapes(tables, *, clip=42):
+    """Fig. 1a: per model (a dict of name -> landscape table), the surface and the contours of the loss minus its
+    minimum, on one scale for every model; like the authors' plot, values more than `clip` above the minimum (and
+    infinite NLLs) are left out. A one-dimensional slice is drawn as curves, a single point as a bar."""
+    grids = {name: as_grid(table) for name, table in tables.items()}
+    if all(min(z.shape) > 1 for _, _, z in grids.values()):
+        fig = plt.figure(figsize=(9, 4 * len(grids)))
+        for row, (name, (x, y, z)) in enumerate(grids.items()):
+            z = z - z[np.isfinite(z)].min()
+            z[~(z <= clip)] = np.nan
+            surface = fig.add_subplot(len(grids), 2, 2 * row + 1, projection="3d")
+            surface.plot_surface(x, y, z, cmap="plasma", vmin=0, vmax=clip, rcount=len(z), ccount=len(z), linewidth=0)
+            surface.view_init(elev=15, azim=15)
+            surface.set(title=name, xlabel="x", ylabel="y", zlabel="NLL + L2 - min", zlim=(0, clip))
+            contour = fig.add_subplot(len(grids), 2, 2 * row + 2)
+            lines = contour.contour(x, y, z, levels=np.arange(0, clip + 1, 3), cmap="plasma", vmin=0, vmax=clip)
+            contour.clabel(lines, fontsize=7)
+            contour.set(title=name, xlabel="x", ylabel="y", aspect="equal")
+        fig.tight_layout()
+        return fig
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, table in tables.items():
+        line = table[table.y == 0].sort_values("x")
+        ax.plot(line.x, line.loss, marker=model_style(name)[0], label=name)
+    ax.set(xlabel="x (y = 0)", ylabel="NLL + L2")
+    ax.legend()
+    return fig
+
+
+def as_grid(table, column="loss"):
+    """(X, Y, Z) 2-D arrays, rows along y and columns along x, from a table of grid points."""
+    z = table.drop_duplicates(["x", "y"]).pivot(index="y", columns="x", values=column)
+    x, y = np.meshgrid(z.columns.to_numpy(), z.index.to_numpy())
+    return x, y, z.to_numpy()
 
 
 def use_style():

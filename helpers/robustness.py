@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from helpers import data, metrics
-from helpers.models import evaluating
+from helpers.common import evaluating
 from helpers.sweep import Sweep
 
 BINS = metrics.BINS  # ECE bins: the authors' 10 equal-width bins (ops/tests.py), as everywhere here

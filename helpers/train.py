@@ -37,11 +37,11 @@ from tqdm.auto import tqdm
 
 import helpers
 from helpers import data, models
-from helpers.checkpoints import save as save_checkpoint  # atomic; tests patch this name
+from helpers.common import Rank, evaluating, rank
+from helpers.common import save as save_checkpoint  # atomic; tests patch this name
 from helpers.metrics import BINS, Accumulator
-from helpers.models import evaluating
 from helpers.recipes import RECIPES, STRONG
-from helpers.sweep import Rank, Sweep, rank
+from helpers.sweep import Sweep
 
 # Top-1 accuracy (%) on the CIFAR-100 test set reported in the paper, for the table beside ours
 PAPER_ACCURACY = {"resnet_50": 82.9, "swin_ti": 76.9, "pit_ti": 76.2, "vit_ti": 66.6, "alternet_50": 84.0}

@@ -100,8 +100,8 @@ def normalized_channels(x):
 def in_kernel():
     """True inside an IPython kernel (Jupyter, Colab, VS Code, nbclient), where display bundles reach a front end."""
     try:
-        from IPython import get_ipython
         import ipywidgets  # noqa: F401
+        from IPython import get_ipython
     except ImportError:
         return False
     shell = get_ipython()

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from helpers import data, landscape, losses
+from helpers import data, landscape, losses, plots
+from helpers.common import Rank
 from helpers.recipes import STRONG
-from helpers.sweep import Rank
+from helpers.sweep import Table
 
 WD = STRONG.weight_decay
 
@@ -60,6 +61,13 @@ def assert_bit_identical(model, before):
 POINTS = landscape.grid_points(3)
 
 
+def sweep(model, augmented, folder, points=POINTS, directions=None, rank_info=None):
+    """The landscape of `model` in a table at `folder`, along `directions` (default: seed 0's)."""
+    directions = directions or landscape.random_directions(model)
+    return landscape.landscape(model, augmented, Table(folder, ("x", "y"), rank_info=rank_info), points, directions,
+                               progress=False)
+
+
 # Directions
 
 def test_dim0_normalisation_by_hand():
@@ -91,18 +99,23 @@ def test_directions_move_only_weights_with_two_dimensions_and_match_their_norms(
     assert all(torch.equal(first[k], again[0][k]) for k in first)
 
 
-def test_saved_directions_are_reused_and_refused_when_they_do_not_fit(tmp_path):
-    path = tmp_path / "d.pt"
-    made = landscape.saved_directions(tiny(), path, seed=1)
-    loaded = landscape.saved_directions(tiny(), path, seed=1)
-    assert all(torch.equal(made[i][k], loaded[i][k]) for i in range(2) for k in made[0])
-    with pytest.raises(ValueError, match="seed"):
-        landscape.saved_directions(tiny(), path, seed=2)
-    with pytest.raises(ValueError, match="L2 norms"):
-        landscape.saved_directions(tiny(seed=5), path, seed=1)  # same shapes, other weights
+def test_directions_regenerate_bit_for_bit_and_their_digest_knows_the_weights():
+    digest = landscape.directions_digest(landscape.random_directions(tiny(), seed=1))
+    assert landscape.directions_digest(landscape.random_directions(tiny(), seed=1)) == digest
+    assert landscape.directions_digest(landscape.random_directions(tiny(), seed=2)) != digest
+    assert landscape.directions_digest(landscape.random_directions(tiny(seed=5), seed=1)) != digest  # other weights
     other = nn.Sequential(nn.Linear(3, 4))
     with pytest.raises(ValueError, match="do not fit"):
-        landscape.saved_directions(other, path, seed=1)
+        landscape.check_fit(landscape.random_directions(tiny()), other)
+
+
+def test_directions_are_the_same_bits_in_another_process():
+    script = ("import sys, torch; sys.path.insert(0, 'tests'); from test_landscape import tiny; "
+              "from helpers import landscape; torch.set_num_threads(1); "
+              "print(landscape.directions_digest(landscape.random_directions(tiny(), seed=1)))")
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).resolve().parents[1])
+    assert other.stdout.strip() == landscape.directions_digest(landscape.random_directions(tiny(), seed=1))
 
 
 # Batches
@@ -142,7 +155,7 @@ def test_batches_depend_on_the_seed_only():
 
 def test_centre_equals_the_models_own_loss_on_the_same_batches(tmp_path):
     model, augmented = tiny(), batches()
-    table = landscape.landscape(model, augmented, path=tmp_path / "g.csv", points=POINTS, progress=False)
+    table = sweep(model, augmented, tmp_path)
     centre = table[(table.x == 0) & (table.y == 0)].iloc[0]
     with torch.no_grad():
         per_batch = [-(t.double() * model(x).double().log_softmax(-1)).sum(-1).mean() for x, t in augmented]
@@ -166,13 +179,12 @@ def test_closed_form_on_a_linear_toy(tmp_path):
     directions = [{"weight": torch.tensor([[1.0], [-1.0]])}, {"weight": torch.tensor([[1.0], [1.0]])}]
     ones = [(torch.ones(2, 1), torch.zeros(2, dtype=torch.long))]
     points = landscape.grid_points(5, span=2.0)
-    table = landscape.landscape(model, ones, path=tmp_path / "toy.csv", points=points, directions=directions,
-                                progress=False)
+    table = sweep(model, ones, tmp_path, points, directions)
     x, y = table.x.to_numpy(), table.y.to_numpy()
     assert np.allclose(table.NLL, np.log1p(np.exp(-2 * x)), rtol=1e-5, atol=1e-6)
     assert np.allclose(table.loss, np.log1p(np.exp(-2 * x)) + WD * np.sqrt(2 * x ** 2 + 2 * y ** 2), rtol=1e-5)
     assert np.array_equal(table.Acc, (x >= 0).astype(float))  # a tie at x = 0 goes to class 0
-    X, Y, Z = landscape.as_grid(table)
+    X, Y, Z = plots.as_grid(table)
     assert Z.shape == (5, 5) and np.array_equal(X[0], np.linspace(-2, 2, 5)) and np.array_equal(Y[:, 0], X[0])
 
 
@@ -192,8 +204,7 @@ def test_only_perturbed_parameters_move_and_all_come_back_bit_for_bit(tmp_path):
         seen.append({k: state[k].clone() for k in directions[0]})
 
     model.register_forward_pre_hook(check)
-    landscape.landscape(model, augmented, path=tmp_path / "g.csv", points=POINTS, directions=directions,
-                        progress=False)
+    sweep(model, augmented, tmp_path, directions=directions)
     assert len(seen) == 9 * len(augmented)
     at = seen[len(augmented) * 5]  # the sixth point: x = 1, y = 0
     for k, d in directions[0].items():
@@ -214,39 +225,33 @@ def test_an_error_mid_sweep_restores_the_weights(tmp_path):
 
     model.register_forward_pre_hook(fail_at_fifth_call)
     with pytest.raises(RuntimeError, match="killed"):
-        landscape.landscape(model, augmented, path=tmp_path / "g.csv", points=POINTS, progress=False)
+        sweep(model, augmented, tmp_path)
     assert_bit_identical(model, before)
 
 
-def test_a_killed_run_resumes_to_the_same_csv_computing_no_point_twice(tmp_path):
+def test_a_killed_run_resumes_to_the_same_table_computing_no_point_twice(tmp_path):
     augmented = batches()
-    landscape.landscape(tiny(), augmented, path=tmp_path / "whole.csv", points=POINTS, progress=False)
+    whole = sweep(tiny(), augmented, tmp_path / "whole")
 
     model, calls = tiny(), []
     hook = model.register_forward_pre_hook(lambda module, inputs: calls.append(1) if len(calls) < 8 else 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        landscape.landscape(model, augmented, path=tmp_path / "killed.csv", points=POINTS, progress=False)
+        sweep(model, augmented, tmp_path / "killed")
     hook.remove()
-    assert len(landscape.read(tmp_path / "killed.csv")) == 4  # 8 forwards: 4 points of 2 batches
+    assert len(Table(tmp_path / "killed", ("x", "y")).rows()) == 4  # 8 forwards: 4 points of 2 batches
     calls.clear()
     model.register_forward_pre_hook(lambda module, inputs: calls.append(1))
-    landscape.landscape(model, augmented, path=tmp_path / "killed.csv", points=POINTS, progress=False)
+    resumed = sweep(model, augmented, tmp_path / "killed")
     assert len(calls) == 5 * len(augmented)
-    assert (tmp_path / "killed.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    pd.testing.assert_frame_equal(resumed, whole)
 
 
-def rows(path):
-    return {(r["x"], r["y"]): r for r in pd.read_csv(path, dtype=str).to_dict("records")}
-
-
-def test_two_ranks_fill_the_same_csv_as_one(tmp_path):
+def test_two_ranks_fill_the_same_table_as_one(tmp_path):
     augmented = batches()
-    landscape.landscape(tiny(), augmented, path=tmp_path / "one.csv", points=POINTS, progress=False,
-                        rank_info=Rank(0, 1, 0))
-    shares = [landscape.landscape(tiny(), augmented, path=tmp_path / "two.csv", points=POINTS, progress=False,
-                                  rank_info=Rank(r, 2, r)) for r in (1, 0)]  # rank 1 first: it makes the directions
+    one = sweep(tiny(), augmented, tmp_path / "one", rank_info=Rank(0, 1, 0))
+    shares = [sweep(tiny(), augmented, tmp_path / "two", rank_info=Rank(r, 2, r)) for r in (1, 0)]
     assert len(shares[0]) == 4 and len(shares[1]) == 9
-    assert rows(tmp_path / "two.csv") == rows(tmp_path / "one.csv")
+    pd.testing.assert_frame_equal(shares[1], one)
 
 
 def test_one_dimensional_slice_shares_the_grids_points():
@@ -262,27 +267,48 @@ def test_published_grids_are_read_in_the_authors_layout(tmp_path):
     served.mkdir()
     lines = [[x, y, 100.0, 10.0 + x, 2.0 + y, 0, 0.9, 0.5] + [0.0] * 11 for y in (-1.0, 1.0) for x in (-1.0, 1.0)]
     pd.DataFrame(lines).to_csv(served / "grid.csv", header=False, index=False)
+    (served / "other.csv").write_text("x,y,loss\n0,0,1\n")
     with serve(served) as base:
-        table = landscape.published("vit_ti", tmp_path / "results", url=f"{base}/grid.csv")
+        table = landscape.published("vit_ti", tmp_path / "data", url=f"{base}/grid.csv")
+        with pytest.raises(ValueError, match="not one of the authors' grids"):
+            landscape.published("resnet_50", tmp_path / "data", url=f"{base}/other.csv")
     assert list(table.columns) == list(landscape.COLUMNS)
     assert np.allclose(table.loss, 2.0 + table.y + WD * (10.0 + table.x))
     assert np.allclose(table.Acc, 0.5)
+    assert not list((tmp_path / "data" / "authors").glob("*other*"))  # a refused file is not kept
     with pytest.raises(ValueError, match="resnet_50"):
         landscape.published("swin_ti", tmp_path)
 
 
+def stored(results):
+    (folder,) = (Path(results) / "sweeps" / "landscape").glob("resnet_18-*")
+    return {(r["x"], r["y"]): r for r in Table(folder, ("x", "y")).rows()}
+
+
 def test_torchrun_with_two_processes_gives_the_values_of_one(tmp_path):
-    args = ["resnet_18", "--smoke", "--points", "2", "--workers", "0"]
+    args = ["--models", "resnet_18", "--smoke", "--points", "2", "--workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     root = Path(__file__).resolve().parents[1]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
                           "helpers.landscape", *args, "--results", str(tmp_path / "two")],
                          env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
-    landscape.main([*args, "--results", str(tmp_path / "one")])
-    name = landscape.grid_path("", "resnet_18", smoke=True).name
-    one, two = rows(tmp_path / "one" / name), rows(tmp_path / "two" / name)
+    assert two.stdout.count("units finished") == 1 and "4 of 4 units finished (4 computed" in two.stdout  # rank 0
+    assert landscape.main([*args, "--results", str(tmp_path / "one")]) == 0
+    one, two = stored(tmp_path / "one"), stored(tmp_path / "two")
     assert len(one) == 4 and one.keys() == two.keys()
     for point in one:  # equal up to the order of float64 sums, which depends on the thread count
         for column in landscape.COLUMNS:
-            assert float(two[point][column]) == pytest.approx(float(one[point][column]), rel=1e-12)
+            assert two[point][column] == pytest.approx(one[point][column], rel=1e-12)
+
+
+def test_a_rerun_with_another_weight_decay_or_data_size_recomputes(tmp_path, capsys):
+    args = ["--models", "resnet_18", "--smoke", "--points", "1", "--workers", "0", "--results", str(tmp_path)]
+    assert landscape.main(args) == 0
+    first = capsys.readouterr().out
+    assert "1 of 1 units finished (1 computed" in first
+    for changed in (["--weight-decay", "0"], ["--images", "4"]):  # smoke vs real: tests/test_experiment.py
+        assert landscape.main(args + changed) == 0
+        assert "(1 computed by this run)" in capsys.readouterr().out
+    assert landscape.main(args) == 0
+    assert "(0 computed by this run)" in capsys.readouterr().out

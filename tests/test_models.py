@@ -49,13 +49,3 @@ def test_summary_prints_name_parameters_and_block_kinds():
     line = models.summary(["pit_ti"])
     assert line.split()[:2] == ["pit_ti", "4.58M"]
     assert "msa:12" in line and "mlp:12" in line and "pool:2" in line
-
-
-def test_evaluating_restores_every_module_mode_even_after_an_error():
-    model = models.create("resnet_18").train()
-    model.layer1.eval()  # a mixed state, e.g. frozen BatchNorm statistics
-    with pytest.raises(RuntimeError):
-        with models.evaluating(model):
-            assert not any(m.training for m in model.modules())
-            raise RuntimeError("interrupted")
-    assert model.training and model.layer2.training and not model.layer1.training
