@@ -23,27 +23,25 @@ token grids, channels-first and channels-last maps need no reordering. `class_to
 tokens, or "class" only the class tokens; blocks without class tokens (ResNet, Swin, heads) always give their
 whole output.
 
-Under `torchrun` each rank takes every `world_size`-th batch and keeps its own resumable file of sums; HSIC sums
-add over batches, so `merge` adds the ranks' files into the CKA of all the batches (`main` does it on rank 0).
+HSIC sums add over batches, so a batch is the unit of the stored sweep (`run`, `python -m helpers.cka`): its row
+holds the batch's HSIC of every pair of blocks of every pair of models, bound to the definition (`Config`: models,
+weights, data, batch size, class token). Reruns resume, `torchrun` ranks share the batches, and the CKA is summed
+from the rows in batch order, so it is the same bits whichever ranks computed them.
 """
-import argparse
-import math
 import warnings
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
-from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.distributed as dist
 from einops import rearrange
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Subset
 
-import helpers
-from helpers import checkpoints, data
+from helpers import checkpoints, data, experiment
 from helpers.blocks import Blocks, split
-from helpers.common import Rank, rank
-from helpers.losses import norm_sums
+from helpers.common import pick_device
+from helpers.experiment import Experiment, positive, setting
+from helpers.sweep import fill
 
 CLASS_TOKEN = ("keep", "drop", "class")
 
@@ -124,16 +122,22 @@ class MinibatchCKA:
                              for block, output in zip(blocks, features)])  # blocks, n, n
         return rearrange(unbiased_centered(grams), "l i j -> l (i j)")
 
+    def hsic(self, images):
+        """{pair: HSIC_1 of every block of a (rows) with every block of b} for one batch of `n` >= 4 images."""
+        n = images.shape[0]
+        flat = {name: self.centered_grams(name, images) for name in self.blocks}
+        return {(a, b): (flat[a] @ flat[b].T).cpu() / (n * (n - 3)) for a, b in self.pairs}
+
     def add(self, images):
         """Add one batch of `n` images (`n` the same for every batch)."""
-        n = images.shape[0]
+        self.add_hsic(self.hsic(images), images.shape[0])
+
+    def add_hsic(self, hsic, n):
         if self.batch_size is not None and n != self.batch_size:
             raise ValueError(f"the minibatch estimator sums batches of one size: this one has {n} examples, "
                              f"the first had {self.batch_size}")
-        flat = {name: self.centered_grams(name, images) for name in self.blocks}
-        scale = n * (n - 3)
-        for a, b in self.pairs:
-            self.cross[a, b] += (flat[a] @ flat[b].T).cpu() / scale
+        for pair, values in hsic.items():
+            self.cross[pair] += values
         self.batch_size, self.batches = n, self.batches + 1
 
     def similarity(self, a, b):
@@ -148,155 +152,110 @@ class MinibatchCKA:
         return Similarity(cka, [b.name for b in blocks_a], [b.name for b in blocks_b], blocks_a.kinds, blocks_b.kinds,
                           self.batches, self.batch_size)
 
-    def state_dict(self):
-        return {"cross": [[a, b, sums] for (a, b), sums in self.cross.items()], "batches": self.batches,
-                "batch_size": self.batch_size, "class_token": self.class_token,
-                "blocks": {name: [b.name for b in blocks] for name, blocks in self.blocks.items()},
-                "weights": {name: norm_sums(blocks.parameters())[1] for name, blocks in self.blocks.items()}}
-
-    def load_state_dict(self, state, *, source="the saved state"):
-        mine = self.state_dict()
-        for key in ("class_token", "blocks"):
-            if state[key] != mine[key]:
-                raise ValueError(f"{source} was computed with {key}={state[key]!r}, not {mine[key]!r}; "
-                                 "delete it or choose another path")
-        for name, l2 in mine["weights"].items():  # the sum of parameter norms tells other weights apart
-            if not math.isclose(state["weights"][name], l2, rel_tol=1e-6):
-                raise ValueError(f"{source} was computed with other weights of {name!r}; "
-                                 "delete it or choose another path")
-        self.cross = {(a, b): sums for a, b, sums in state["cross"]}
-        self.batches, self.batch_size = state["batches"], state["batch_size"]
-
 
 def transposed(similarity):
     s = similarity
     return Similarity(s.cka.T, s.names_b, s.names_a, s.kinds_b, s.kinds_a, s.batches, s.batch_size)
 
 
-def shard_path(path, rank_info):
-    """Where one rank keeps its sums: `path` itself for a single process, else e.g. `cka.rank0-of-2.pt`, so
-    runs with different world sizes never mix."""
-    path, r, w = Path(path), rank_info.rank, rank_info.world_size
-    return path if w == 1 else path.with_name(f"{path.stem}.rank{r}-of-{w}{path.suffix}")
-
-
-def minibatch_cka(models, batches, *, class_token="keep", path=None, rank_info=None, progress=True):
-    """Accumulate `MinibatchCKA(models)` over `batches` (images, or (images, labels) pairs, all of one size).
-
-    With `path`, the sums are saved there after every batch and a rerun resumes from them, skipping as many
-    batches as were done: give it the same data in the same order (the first batch is checked). A batch of
-    another size than the first (a dataset that is not a multiple of the batch size) is left out with a warning.
-
-    Under `torchrun` (or with `rank_info`, a `helpers.sweep.Rank`) only this rank's batches, those whose index
-    modulo `world_size` is `rank`, are added, and the sums go to `shard_path(path, rank_info)`; every rank still
-    iterates over all batches (loading is cheap next to the forward passes). `merge` adds the ranks' files.
-    """
-    share = rank_info or rank()
-    path = None if path is None else shard_path(path, share)
+def minibatch_cka(models, batches, *, class_token="keep"):
+    """`MinibatchCKA(models)` accumulated over `batches` (images, or (images, labels) pairs, all of one size n >= 4),
+    in memory. A batch of another size than the first is left out with a warning."""
     accumulator = MinibatchCKA(models, class_token=class_token)
-    state = read(accumulator, path) if path is not None and path.exists() else {"read": 0, "first_sum": None}
-
-    def save():
-        if path is not None:
-            save({"sums": accumulator.state_dict(), "stream": state}, path)
-
-    total = len(batches) if hasattr(batches, "__len__") else None
-    for index, batch in enumerate(tqdm(batches, total=total, desc="CKA batches", disable=not progress)):
+    for batch in batches:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if index == 0:  # every rank reads the first batch: it fixes the batch size and identifies the data
-            first_sum, size = images.double().sum().item(), images.shape[0]
-            if state["first_sum"] is not None and not math.isclose(first_sum, state["first_sum"], rel_tol=1e-9):
-                raise ValueError(f"{path} was computed on other data (its first batch differs: other images, order "
-                                 "or batch size); delete it to start again or give the same batches in the same order")
-            state["first_sum"] = first_sum
-        mine = index >= state["read"] and index % share.world_size == share.rank
-        if mine and images.shape[0] != size:
-            warnings.warn(f"left out a batch of {images.shape[0]} examples: the estimator sums batches of {size}")
-        elif mine:
-            accumulator.add(images)
-        state["read"] = max(state["read"], index + 1)
-        if mine:
-            save()
-    save()  # with the whole stream read, which `merge` checks
+        if accumulator.batch_size is not None and images.shape[0] != accumulator.batch_size:
+            warnings.warn(f"left out a batch of {images.shape[0]} examples: the estimator sums batches of "
+                          f"{accumulator.batch_size}")
+            continue
+        accumulator.add(images)
     return accumulator
 
 
-def read(accumulator, path):
-    """Load the sums saved at `path` into `accumulator`; return their stream (batches read, first batch's sum)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    accumulator.load_state_dict(saved["sums"], source=str(path))
-    return saved["stream"]
-
-
-def merge(models, path, *, world_size, class_token="keep"):
-    """The sums of all `world_size` ranks' files of a finished `minibatch_cka(models, ..., path=path)` run added
-    up, as one `MinibatchCKA` (`world_size=1` reads `path` itself)."""
-    total, streams = MinibatchCKA(models, class_token=class_token), []
-    for r in range(world_size):
-        shard = shard_path(path, Rank(r, world_size, r))
-        if not shard.exists():
-            raise FileNotFoundError(f"no {shard}: rank {r} of {world_size} has not run; rerun with "
-                                    f"--nproc-per-node {world_size} (finished batches are kept)")
-        part = MinibatchCKA(total.blocks, class_token=class_token)
-        streams.append(read(part, shard))
-        for pair, sums in part.cross.items():
-            total.cross[pair] += sums
-        total.batches, total.batch_size = total.batches + part.batches, total.batch_size or part.batch_size
-    if any(stream != streams[0] for stream in streams):  # also rules out other batch sizes: other first batches
-        raise ValueError(f"the ranks' files of {path} read other streams of batches: {streams}; a rank was stopped "
-                         "early or ran on other data. Rerun the same command to finish, or delete them")
-    return total
-
-
-def cka(model_a, model_b, batches, *, class_token="keep", path=None, rank_info=None, progress=True):
+def cka(model_a, model_b, batches, *, class_token="keep"):
     """CKA between every block of `model_a` and every block of `model_b` (the same model is compared with itself
-    from one forward pass per batch); see `minibatch_cka` (under torchrun: this rank's share only)."""
+    from one forward pass per batch); see `minibatch_cka`."""
     models = {"a": model_a} if model_b is model_a else {"a": model_a, "b": model_b}
-    accumulator = minibatch_cka(models, batches, class_token=class_token, path=path, rank_info=rank_info,
-                                progress=progress)
+    accumulator = minibatch_cka(models, batches, class_token=class_token)
     return accumulator.similarity("a", "b" if "b" in models else "a")
 
 
+# The stored sweep: one row per batch, for the notebook and `python -m helpers.cka` alike
+
+@dataclass
+class Config(Experiment):
+    """CKA between every pair of blocks of every pair of `models`, on the CIFAR-100 test set."""
+    models: list[str] = setting(["vit_ti", "resnet_50"], "models (every pair, and each model with itself, is compared)",
+                                identity=False)
+    batch_size: int = setting(250, "the fixed minibatch size n of the estimator (n >= 4)", smoke=8,
+                              check=lambda n: None if n >= 4 else "must be at least 4 (the unbiased HSIC)")
+    examples: int = setting(10000, "CIFAR-100 test images used, from the first (a partial last batch is left out)",
+                            smoke=16, check=positive)
+    class_token: str = setting("keep", "what ViT/PiT token blocks contribute: all tokens, none of the class tokens, "
+                               "or only them", choices=CLASS_TOKEN)
+    workers: int | None = setting(None, "data-loading processes (None: up to 4)", identity=False, smoke=0)
+
+
+def test_images(config):
+    """The first `config.examples` CIFAR-100 test images (synthetic ones when smoke), normalised."""
+    if config.smoke:
+        return data.synthetic(config.examples)
+    test_set = data.dataset("cifar100", config.data_root, train=False, transform=data.test_transform("cifar100"),
+                            mirror=config.mirror)
+    return Subset(test_set, range(min(config.examples, len(test_set))))
+
+
+def nets(config, device=None):
+    """The split models of `config`, by name, on `device`."""
+    return {name: split(checkpoints.pretrained(name, config.checkpoint_root, path=config.checkpoints.get(name),
+                                               smoke=config.smoke, map_location=device, mirror=config.mirror))
+            for name in config.models}
+
+
+def run(config, *, progress=True):
+    """This rank's unfinished batches of `config` computed and stored; returns the one `experiment.Outcome`."""
+    config = config.resolved()
+    device = pick_device()
+    images, models = test_images(config), nets(config, device)
+    if len(images) < config.batch_size:
+        raise ValueError(f"{len(images)} images make no batch of {config.batch_size}")
+    name = "+".join(config.models)
+    table = experiment.table(config, "cka", name, ("batch",), data=data.fingerprint(images),
+                             weights={n: experiment.weights_digest(m) for n, m in models.items()})
+    units = [{"batch": b} for b in range(len(images) // config.batch_size)]
+    accumulator = MinibatchCKA(models, class_token=config.class_token)
+    todo = table.todo(units)
+    sampler = [range(u["batch"] * config.batch_size, (u["batch"] + 1) * config.batch_size) for u in todo]
+    loader = iter(DataLoader(images, batch_sampler=sampler, num_workers=data.worker_count(config.workers),
+                             pin_memory=device.type == "cuda"))
+
+    def compute(unit):
+        batch, _ = next(loader)
+        hsic = accumulator.hsic(batch)
+        return {"batch": unit["batch"], "size": len(batch),
+                "hsic": {f"{a}|{b}": values.flatten().tolist() for (a, b), values in hsic.items()}}
+
+    fill(table, units, compute, todo=todo, desc=f"CKA {table.folder.name}", progress=progress)
+    return [experiment.Outcome(name, table, units)]
+
+
+def similarities(outcome, models, *, class_token="keep"):
+    """The `MinibatchCKA` of a stored run (`run(config)[0]`): the finished batches' HSIC rows summed in batch order,
+    so the result does not depend on which ranks computed them. `models`: the same split models (`nets(config)`)."""
+    accumulator = MinibatchCKA(models, class_token=class_token)
+    for row in sorted(outcome.table.frame(outcome.units).to_dict("records"), key=lambda r: r["batch"]):
+        hsic = {}
+        for key, values in row["hsic"].items():
+            a, b = key.split("|")
+            hsic[a, b] = torch.tensor(values, dtype=torch.float64).view(len(accumulator.blocks[a]),
+                                                                        len(accumulator.blocks[b]))
+        accumulator.add_hsic(hsic, row["size"])
+    return accumulator
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="CKA of every pair of blocks of --models on the CIFAR-100 test "
-                                     "set, as cka_A_vs_B.csv (torchrun --nproc-per-node N splits the batches)")
-    parser.add_argument("--models", nargs="+", default=["vit_ti", "resnet_50"])
-    parser.add_argument("--batch-size", type=int, default=250, help="the fixed minibatch size n (n >= 4)")
-    parser.add_argument("--examples", type=int, default=10000, help="test images used, from the first")
-    parser.add_argument("--class-token", choices=CLASS_TOKEN, default="keep")
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--checkpoint-root", default="checkpoints")
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--smoke", action="store_true", help="fresh weights, <= 16 synthetic images, batches <= 8")
-    args = parser.parse_args(argv)
-    share, device = rank(), helpers.pick_device()
-    if args.smoke:
-        args.batch_size, args.examples = min(args.batch_size, 8), min(args.examples, 16)
-    dataset = (data.synthetic(args.examples) if args.smoke else
-               data.dataset("cifar100", args.data_root, train=False, transform=data.test_transform("cifar100")))
-    dataset = torch.utils.data.Subset(dataset, range(min(args.examples, len(dataset))))
-    nets = {}
-    for name in args.models:
-        nets[name] = split(checkpoints.pretrained(name, args.checkpoint_root, smoke=args.smoke, map_location=device))
-    path = Path(args.results) / f"cka_{'_'.join(args.models)}_{args.class_token}{'_smoke' if args.smoke else ''}.pt"
-    loader = data.loader(dataset, args.batch_size, workers=0 if args.smoke else None)
-    # The ranks' files (kept anyway for resuming; in one shared folder, as for every sweep) are the merge's only
-    # input, so `merge` gives the same tables here and in a notebook after the run, with no all_reduce beside it.
-    # The process group is just the barrier before rank 0 reads them (gloo: a barrier needs no GPU).
-    distributed = share.world_size > 1
-    if distributed:
-        dist.init_process_group("gloo")
-    minibatch_cka(nets, loader, class_token=args.class_token, path=path, rank_info=share)
-    if distributed:
-        dist.barrier()
-    if share.rank == 0:
-        accumulator = merge(nets, path, world_size=share.world_size, class_token=args.class_token)
-        for a, b in accumulator.pairs:
-            accumulator.similarity(a, b).table().to_csv(Path(args.results) / f"cka_{a}_vs_{b}.csv", index=False)
-        print(f"{path}: {accumulator.batches} batches of {accumulator.batch_size} over {share.world_size} rank(s)")
-    if distributed:
-        dist.destroy_process_group()
+    return experiment.main(Config, run, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -134,9 +134,14 @@ def dataset(name, root="data", *, train=True, transform=None, download=True, url
     return _DATASETS[name](root, train, transform, download, url)
 
 
+def worker_count(workers=None):
+    """Data-loading processes: `workers`, by default 4 or fewer if the machine has fewer cores."""
+    return min(4, os.cpu_count() or 1) if workers is None else workers
+
+
 def loader(dataset, batch_size=128, *, shuffle=False, workers=None):
-    """Batches of `dataset`, as in the authors' notebooks; `workers` defaults to 4, or fewer cores."""
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    """Batches of `dataset`, as in the authors' notebooks; `workers` defaults to `worker_count()`."""
+    workers = worker_count(workers)
     return DataLoader(dataset, batch_size, shuffle=shuffle, num_workers=workers,
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 

@@ -68,7 +68,7 @@ class Config(Experiment):
     normalization: str = setting("dim0", "direction scaling: the authors' norms over dim 0, or Li et al.'s per filter",
                                  choices=("dim0", "filter"))
     weight_decay: float = setting(STRONG.weight_decay, "L2 = weight decay x sum of the parameters' L2 norms")
-    workers: int | None = setting(None, "data-loading processes (None: up to 4)", identity=False)
+    workers: int | None = setting(None, "data-loading processes (None: up to 4)", identity=False, smoke=0)
     authors: bool = setting(True, "also plot the authors' published grids (ResNet-50, ViT-Ti; not in smoke runs)",
                             identity=False)
 

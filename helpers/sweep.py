@@ -130,10 +130,11 @@ class Table:
         return pd.DataFrame(rows)
 
 
-def fill(table, units, compute, *, desc=None, progress=True):
-    """Compute `compute(unit) -> row` for this rank's unfinished `units`, storing each row as it finishes; returns
-    the number computed. Ctrl-C stops it after saying what is kept."""
-    todo = table.todo(units)
+def fill(table, units, compute, *, todo=None, desc=None, progress=True):
+    """Compute `compute(unit) -> row` for this rank's unfinished `units` (or for `todo`, this rank's unfinished ones
+    as the caller read them), storing each row as it finishes; returns the number computed. Ctrl-C stops it after
+    saying what is kept."""
+    todo = table.todo(units) if todo is None else todo
     try:
         for unit in tqdm(todo, desc=desc or table.folder.name, disable=not progress or not todo):
             table.add(compute(unit))

@@ -5,16 +5,14 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from helpers import cka as cka_module
 from helpers import data, models
 from helpers.blocks import Block, Blocks
-from helpers.cka import MinibatchCKA, cka, flatten, merge, minibatch_cka
-from helpers.sweep import Rank
+from helpers.cka import MinibatchCKA, cka, flatten, minibatch_cka
+from helpers.sweep import SUFFIX
 
 
 def feature_blocks(*steps, counter=None):
@@ -65,7 +63,7 @@ def test_single_batch_equals_the_direct_full_batch_computation():
     outputs = [x]
     for step in steps[1:]:
         outputs.append(step(outputs[-1]))
-    similarity = cka(feature_blocks(*steps), feature_blocks(*steps[:2]), [x], progress=False)
+    similarity = cka(feature_blocks(*steps), feature_blocks(*steps[:2]), [x])
     expected = torch.tensor([[direct_cka(a, b) for b in outputs[:2]] for a in outputs], dtype=torch.float64)
     assert similarity.cka.shape == (3, 2) and similarity.batches == 1
     assert torch.allclose(similarity.cka, expected, atol=1e-12)
@@ -75,7 +73,7 @@ def test_batches_sum_the_unbiased_hsic_of_each_batch():
     torch.manual_seed(0)
     batches = [torch.randn(6, 4) for _ in range(3)]
     square = lambda x: x ** 2  # noqa: E731
-    similarity = cka(feature_blocks(lambda x: x), feature_blocks(square), batches, progress=False)
+    similarity = cka(feature_blocks(lambda x: x), feature_blocks(square), batches)
     grams = [(x.double() @ x.double().T, square(x).double() @ square(x).double().T) for x in batches]
     cross = sum(unbiased_hsic(K, L) for K, L in grams)
     self_a, self_b = sum(unbiased_hsic(K, K) for K, _ in grams), sum(unbiased_hsic(L, L) for _, L in grams)
@@ -87,7 +85,7 @@ def test_identity_orthogonal_and_isotropic_scaling_give_one():
     torch.manual_seed(0)
     q = orthogonal(20, seed=3)
     blocks = feature_blocks(lambda x: x, lambda x: x @ q, lambda x: 7.5 * x @ q.T, lambda x: 1e-3 * x)
-    similarity = cka(blocks, blocks, [torch.randn(16, 20) for _ in range(2)], progress=False)
+    similarity = cka(blocks, blocks, [torch.randn(16, 20) for _ in range(2)])
     assert torch.allclose(similarity.cka, torch.ones(4, 4, dtype=torch.float64), atol=1e-10)
 
 
@@ -95,7 +93,7 @@ def test_independent_features_are_near_zero_unbiased_but_not_biased():
     torch.manual_seed(0)
     batches = [torch.randn(32, 2, 1000) for _ in range(16)]  # two independent halves of each example
     a, b = feature_blocks(lambda x: x[:, 0]), feature_blocks(lambda x: x[:, 1])
-    similarity = cka(a, b, batches, progress=False)
+    similarity = cka(a, b, batches)
     assert abs(similarity.cka.item()) < 0.05
     # the biased (plug-in) estimator is far from zero when there are many more features than examples
     assert direct_cka(batches[0][:, 0], batches[0][:, 1], hsic=biased_hsic) > 0.8
@@ -127,61 +125,22 @@ def test_one_forward_per_model_per_batch_and_every_pair():
     assert torch.allclose(ab.cka.diagonal(), torch.ones(2, dtype=torch.float64), atol=1e-12)
 
 
-def test_resume_continues_where_it_stopped(tmp_path):
-    torch.manual_seed(0)
-    batches = [torch.randn(6, 4) for _ in range(5)]
-    steps = (lambda x: x, torch.sin, lambda x: x.abs())
-    whole = cka(feature_blocks(*steps), feature_blocks(*steps[:2]), batches, progress=False).cka
-
-    path = tmp_path / "cka.pt"
-    counter = [0]
-    cka(feature_blocks(*steps, counter=counter), feature_blocks(*steps[:2]), batches[:3], path=path, progress=False)
-    resumed = cka(feature_blocks(*steps, counter=counter), feature_blocks(*steps[:2]), batches, path=path,
-                  progress=False)
-    assert counter == [5] and resumed.batches == 5  # the first three batches were not recomputed
-    assert torch.allclose(resumed.cka, whole, atol=1e-12)
-    assert not list(tmp_path.glob(".*.part"))
-
-    with pytest.raises(ValueError, match="other data"):
-        cka(feature_blocks(*steps), feature_blocks(*steps[:2]), [batches[1]] + batches, path=path, progress=False)
-    with pytest.raises(ValueError, match="other data"):  # the same images in batches of another size
-        cka(feature_blocks(*steps), feature_blocks(*steps[:2]), list(torch.cat(batches).split(5)), path=path,
-            progress=False)
-    with pytest.raises(ValueError, match="blocks"):
-        cka(feature_blocks(*steps), feature_blocks(*steps), batches, path=path, progress=False)
-
-
-def test_resume_refuses_sums_of_other_weights(tmp_path):
-    torch.manual_seed(0)
-    batches = [torch.randn(6, 4) for _ in range(3)]
-
-    def linear_blocks(seed):
-        torch.manual_seed(seed)
-        layer = torch.nn.Linear(4, 3)
-        return Blocks(Block("mlp", "linear", layer, [layer], "logits"))
-
-    cka(linear_blocks(0), linear_blocks(0), batches[:2], path=tmp_path / "cka.pt", progress=False)
-    assert cka(linear_blocks(0), linear_blocks(0), batches, path=tmp_path / "cka.pt", progress=False).batches == 3
-    with pytest.raises(ValueError, match="other weights"):
-        cka(linear_blocks(1), linear_blocks(0), batches, path=tmp_path / "cka.pt", progress=False)
-
-
 def test_a_short_last_batch_is_left_out_with_a_warning():
     torch.manual_seed(0)
     batches = [torch.randn(6, 4), torch.randn(6, 4), torch.randn(3, 4)]
     blocks = feature_blocks(lambda x: x, torch.sin)
     with pytest.warns(UserWarning, match="left out a batch of 3"):
-        similarity = cka(blocks, blocks, batches, progress=False)
+        similarity = cka(blocks, blocks, batches)
     assert similarity.batches == 2 and similarity.batch_size == 6
     with warnings.catch_warnings(), pytest.raises(ValueError, match="at least 4"):
-        cka(blocks, blocks, [torch.randn(3, 4)], progress=False)
+        cka(blocks, blocks, [torch.randn(3, 4)])
 
 
 def test_vit_against_itself_from_a_data_loader():
     torch.manual_seed(0)
     net = models.create("vit_ti", depth=2).eval()
     loader = data.loader(data.synthetic(8), batch_size=4, workers=0)
-    similarity = cka(net, net, loader, class_token="drop", progress=False)
+    similarity = cka(net, net, loader, class_token="drop")
     assert similarity.names_a[:3] == ["patch_embed", "blocks.0.attn", "blocks.0.mlp"]
     assert similarity.kinds_a == ["embed", "msa", "mlp", "msa", "mlp", "head"]
     assert torch.allclose(similarity.cka.diagonal(), torch.ones(6, dtype=torch.float64), atol=1e-9)
@@ -197,33 +156,32 @@ def test_vit_against_itself_from_a_data_loader():
         unbiased_hsic(f[1] @ f[1].T, f[2] @ f[2].T), rel=1e-9)
 
 
-def test_two_ranks_merged_equal_one_process(tmp_path):
-    torch.manual_seed(0)
-    batches = [torch.randn(6, 4) for _ in range(5)]
-    steps = (lambda x: x, torch.sin, lambda x: x.abs())
-    counter = [0]
-    models = {"a": feature_blocks(*steps, counter=counter), "b": feature_blocks(*steps[:2])}
-    one = minibatch_cka(models, batches, path=tmp_path / "one.pt", rank_info=Rank(0, 1, 0), progress=False)
-    counter[0] = 0
-    minibatch_cka(models, batches, path=tmp_path / "two.pt", rank_info=Rank(0, 2, 0), progress=False)
-    assert counter == [3]  # batches 0, 2, 4
-    with pytest.raises(FileNotFoundError, match="rank 1 of 2"):
-        merge(models, tmp_path / "two.pt", world_size=2)
-    minibatch_cka(models, batches[:3], path=tmp_path / "two.pt", rank_info=Rank(1, 2, 1), progress=False)
-    with pytest.raises(ValueError, match="stopped early"):  # rank 1 has seen 3 of the 5 batches
-        merge(models, tmp_path / "two.pt", world_size=2)
-    minibatch_cka(models, batches, path=tmp_path / "two.pt", rank_info=Rank(1, 2, 1), progress=False)
-    assert counter == [3 + 2]  # rank 1 resumed: batch 1 once, then batch 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.pt", "two.rank0-of-2.pt", "two.rank1-of-2.pt"]
-
-    merged = merge(models, tmp_path / "two.pt", world_size=2)
-    assert (merged.batches, merged.batch_size) == (5, 6)
-    for a, b in one.pairs:
-        torch.testing.assert_close(merged.similarity(a, b).cka, one.similarity(a, b).cka, rtol=1e-12, atol=0)
-    assert torch.equal(merge(models, tmp_path / "one.pt", world_size=1).cross["a", "b"], one.cross["a", "b"])
+def smoke(results, **kw):
+    return cka_module.Config(smoke=True, models=["resnet_18", "vit_ti"], results=str(results), **kw)
 
 
-def test_torchrun_with_two_processes_gives_the_tables_of_one(tmp_path):
+def stored(config):
+    return cka_module.similarities(cka_module.run(config, progress=False)[0], cka_module.nets(config.resolved()))
+
+
+def test_the_stored_run_equals_the_sums_in_memory_and_resumes(tmp_path):
+    config = smoke(tmp_path)
+    (outcome,) = cka_module.run(config, progress=False)
+    assert outcome.table.computed == 2 and len(outcome.units) == 2  # 16 images in batches of 8
+    nets = cka_module.nets(config.resolved())
+    in_memory = minibatch_cka(nets, data.loader(cka_module.test_images(config.resolved()), 8, workers=0))
+    from_rows = cka_module.similarities(outcome, nets)
+    for a, b in in_memory.pairs:  # JSON rows keep float64 exactly, summed in the same order
+        assert torch.equal(from_rows.similarity(a, b).cka, in_memory.similarity(a, b).cka)
+    (rows,) = outcome.table.folder.glob(f"*{SUFFIX}")
+    rows.write_text(rows.read_text().splitlines(keepends=True)[0])  # killed after the first batch
+    (again,) = cka_module.run(config, progress=False)
+    assert again.table.computed == 1 and again.table.folder == outcome.table.folder
+    assert torch.equal(cka_module.similarities(again, nets).cross["resnet_18", "vit_ti"],
+                       in_memory.cross["resnet_18", "vit_ti"])
+
+
+def test_torchrun_with_two_processes_gives_the_bits_of_one(tmp_path):
     args = ["--models", "resnet_18", "vit_ti", "--smoke", "--examples", "16", "--batch-size", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     root = Path(__file__).resolve().parents[1]
@@ -231,10 +189,11 @@ def test_torchrun_with_two_processes_gives_the_tables_of_one(tmp_path):
                           "-m", "helpers.cka", *args, "--results", str(tmp_path / "two")],
                          env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
-    assert "4 batches of 4 over 2 rank(s)" in two.stdout
-    cka_module.main([*args, "--results", str(tmp_path / "one")])
-    for pair in ("resnet_18_vs_resnet_18", "resnet_18_vs_vit_ti", "vit_ti_vs_vit_ti"):
-        one, two = (pd.read_csv(tmp_path / run / f"cka_{pair}.csv") for run in ("one", "two"))
-        assert list(one.columns) == list(two.columns) and list(one["block"]) == list(two["block"])
-        np.testing.assert_allclose(two.drop(columns="block").to_numpy(), one.drop(columns="block").to_numpy(),
-                                   rtol=1e-10, atol=0)
+    assert two.stdout.count("units finished") == 1 and "4 of 4 units finished (4 computed" in two.stdout
+    one = subprocess.run([sys.executable, "-m", "helpers.cka", *args, "--results", str(tmp_path / "one")],
+                         env=env, cwd=root, capture_output=True, text=True, timeout=300)  # the same thread count
+    assert one.returncode == 0, one.stderr[-2000:]
+    one, two = (stored(cka_module.Config(smoke=True, models=["resnet_18", "vit_ti"], examples=16, batch_size=4,
+                                         results=str(tmp_path / run))) for run in ("one", "two"))
+    for pair in one.pairs:  # float64 HSIC of each batch, summed in batch order: not a bit depends on the ranks
+        assert torch.equal(one.cross[pair], two.cross[pair])
