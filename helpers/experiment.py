@@ -10,6 +10,7 @@ settings that change its numbers, the smoke flag, the data's identity and size, 
 run with another definition gets another folder (and a note naming what differs), so it never reuses a row.
 """
 import argparse
+import ast
 import copy
 import dataclasses
 import hashlib
@@ -99,7 +100,8 @@ class Experiment:
         """The fields that change the stored numbers, by name: the definition's settings."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]}
 
-    def folder(self):
+    def results_folder(self):
+        """The absolute folder of this experiment's figures, tables and sweeps (see `results_folder`)."""
         return results_folder(self.results)
 
 
@@ -167,7 +169,7 @@ def table(config, figure, name, key, *, data, weights, rank_info=None):
     """The one place the rows of `figure` for model (or model set) `name` under `config` live: a folder under
     results/sweeps/figure/ named by the digest of the full definition (settings, smoke, data, weights)."""
     definition = {"figure": figure, "model": name, "settings": config.settings(), "data": data, "weights": weights}
-    base = config.folder() / "sweeps" / figure
+    base = config.results_folder() / "sweeps" / figure
     folder = base / f"{name}-{definition_digest(definition)}"
     if not folder.exists() and (rank_info or rank()).rank == 0:
         others = sorted(base.glob(f"{name}-*/definition.json"), key=lambda p: p.stat().st_mtime)
@@ -186,11 +188,19 @@ def parse_bool(text):
     raise argparse.ArgumentTypeError(f"{text!r} is not True or False")
 
 
-def parse_pair(text):
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
-    return key, value
+def pair_parser(value_type):
+    """NAME=VALUE -> (name, value); values of a `dict[str, str]` stay strings, others are Python literals."""
+    def parse_pair(text):
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+        if value_type is not str:
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                pass
+        return key, value
+    return parse_pair
 
 
 def converter(kind):
@@ -221,8 +231,8 @@ def parser(config_class, description=None, prog=None):
         if bare is bool:
             arguments.add_argument(option, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(bare) is dict:
-            arguments.add_argument(option, nargs="*", type=parse_pair, default=None, metavar="NAME=VALUE",
-                                   help=help_text)
+            arguments.add_argument(option, nargs="*", type=pair_parser(typing.get_args(bare)[1]), default=None,
+                                   metavar="NAME=VALUE", help=help_text)
         elif typing.get_origin(bare) is list:
             arguments.add_argument(option, nargs="+", type=converter(kind), default=default, help=help_text,
                                    choices=field.metadata.get("choices"))

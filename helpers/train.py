@@ -7,21 +7,21 @@ with label smoothing and timm's soft-target cross-entropy; AdamW or SGD on every
 and norms too, as the authors do); gradient norm clipping. On CUDA it adds bf16 autocast and channels-last CNNs.
 The recipe's learning rate is for its batch size; another (global) batch size scales it linearly.
 
-Each epoch appends a row to a CSV log (training loss, learning rate, throughput, test metrics) and then writes
-`{dataset}_{name}_last.pth.tar` in the official format (`name`, `state_dict`, `optimizer`, `epoch`, plus the step,
-scheduler, recipe and every rank's RNG states), atomically; the end of warm-up is also kept as `..._warmup.pth.tar`
-and the end of training as `{dataset}_{name}.pth.tar`. Rerunning with the same folder resumes from `_last`, with
-the result an uninterrupted run would have given: the data order depends only on (seed, epoch) and the RNGs are
-restored. Under `torchrun --nproc-per-node N -m helpers.train ...` it runs distributed data parallel (gloo on CPU,
+Each epoch writes `{dataset}_{name}_last.pth.tar` in the official format (`name`, `state_dict`, `optimizer`,
+`epoch`, plus the step, scheduler, recipe, every rank's RNG states, the log of every epoch so far and the run's
+definition), atomically, and the log as `{dataset}_{name}_log.csv` (training loss, learning rate, throughput, test
+metrics); the end of warm-up is also kept as `..._warmup.pth.tar` and the end of training as
+`{dataset}_{name}.pth.tar`. Rerunning with the same folder and definition resumes from `_last`, with the result an
+uninterrupted run would have given: the data order depends only on (seed, epoch) and the RNGs are restored. A
+`_last` made with other settings or data is refused with the setting that differs. Under `torchrun --nproc-per-node N -m helpers.train ...` it runs distributed data parallel (gloo on CPU,
 nccl on CUDA), each rank taking 1/N of the batch, and test metrics are summed over ranks.
 """
-import argparse
-import json
 import os
 import random
 import shutil
+import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,22 +35,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-import helpers
-from helpers import data, models
-from helpers.common import Rank, evaluating, rank
+from helpers import checkpoints, data, experiment
+from helpers import models as models_module  # `models` is the name of a Config field
+from helpers.common import Rank, evaluating, pick_device, rank, writing
 from helpers.common import save as save_checkpoint  # atomic; tests patch this name
+from helpers.experiment import Experiment, positive, setting
 from helpers.metrics import BINS, Accumulator
 from helpers.recipes import RECIPES, STRONG
-from helpers.sweep import Sweep
 
-# Top-1 accuracy (%) on the CIFAR-100 test set reported in the paper, for the table beside ours
-PAPER_ACCURACY = {"resnet_50": 82.9, "swin_ti": 76.9, "pit_ti": 76.2, "vit_ti": 66.6, "alternet_50": 84.0}
 POSTFIX_EVERY = 20  # steps between progress-bar updates (each one waits for the device)
 
 
 def build(name, recipe=STRONG, num_classes=100, **kw):
     """`models.create(name)` with the recipe's stochastic depth."""
-    return models.create(name, num_classes=num_classes, sd=recipe.sd, **kw)
+    return models_module.create(name, num_classes=num_classes, sd=recipe.sd, **kw)
 
 
 def checkpoint_path(folder, name, dataset="cifar100", stage=None):
@@ -104,7 +102,7 @@ def prefers_channels_last(model):
     if next(model.parameters()).device.type != "cuda":
         return False
     conv = sum(p.numel() for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters())
-    return conv > models.count_parameters(model) / 2
+    return conv > models_module.count_parameters(model) / 2
 
 
 # Checkpoints and RNG states (tensors, ints and tuples only, so that `weights_only=True` reads them)
@@ -180,56 +178,114 @@ def evaluate(model, dataset, *, batch_size=256, workers=0, bins=BINS, mixed_prec
 
 # Training
 
-def train(model, train_set, test_set=None, *, name, recipe=STRONG, dataset="cifar100", folder="checkpoints/trained",
-          epochs=None, warmup_epochs=None, batch_size=None, seed=0, workers=None, resume=True, progress=True):
-    """Train `model` (in place, on its device) on `train_set` of (image, label) pairs, whose transform is the
-    caller's (e.g. `recipe.train_transform(dataset)`); evaluate on `test_set` after every epoch. Seeds torch,
-    numpy and random with `seed` (plus the rank). `epochs`, `warmup_epochs`, `batch_size` (global, over all
-    ranks) default to the recipe's. With `resume`, an existing `_last` checkpoint in `folder` is continued;
-    otherwise, or without one, training (and its log) starts over.
-    Returns the log, one row per epoch, as a DataFrame (on rank 0; None on the others)."""
-    epochs = recipe.epochs if epochs is None else epochs
-    warmup_epochs = recipe.warmup_epochs if warmup_epochs is None else warmup_epochs
-    batch_size = recipe.batch_size if batch_size is None else batch_size
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    place = rank() if dist.is_initialized() else Rank()
-    if batch_size % place.world_size:
-        raise ValueError(f"batch size {batch_size} does not split over {place.world_size} processes: "
-                         f"pick a multiple of {place.world_size}")
-    device = next(model.parameters()).device
-    num_classes = data.NUM_CLASSES[dataset]
-    seed_everything(seed + place.rank)
+def definition_of(name, recipe, dataset, epochs, warmup_epochs, batch_size, seed, train_set, test_set, extra=None):
+    """Everything that changes a training run's numbers; stored in its checkpoints and checked on resume."""
+    return {"model": name, "recipe": asdict(recipe), "dataset": dataset, "epochs": epochs,
+            "warmup_epochs": warmup_epochs, "batch_size": batch_size, "seed": seed,
+            "train": data.fingerprint(train_set), "test": data.fingerprint(test_set) if test_set is not None else None,
+            **(extra or {})}
 
-    # data: the order depends on (seed, epoch) only; workers are seeded from (seed, epoch, rank)
-    per_rank = batch_size // place.world_size
+
+def check_resumable(checkpoint, definition, path):
+    """Refuse to continue a run made with another definition, naming the first setting that differs."""
+    changed = experiment.differences(checkpoint.get("definition") or {}, definition)
+    if changed:
+        raise ValueError(f"{path} was trained with other settings ({changed[0]}{' ...' if len(changed) > 1 else ''}):"
+                         " run it with the same settings to resume it, or choose another folder (or delete it) to "
+                         "start over.")
+
+
+def training_loader(train_set, per_rank, place, *, mixup, seed, workers, device):
+    """Batches of `per_rank` for this rank: the order depends on (seed, epoch) only, see `set_epoch`."""
     sampler = DistributedSampler(train_set, place.world_size, place.rank, shuffle=True, seed=seed)
-    mixup = recipe.mixup_fn(num_classes)
-    if mixup is not None and per_rank % 2:
-        raise ValueError(f"timm's Mixup/CutMix needs an even batch per process, not {per_rank}: "
-                         f"pick a batch size that is an even multiple of {place.world_size}")
     odd_last = len(sampler) % per_rank % 2 == 1  # timm's Mixup needs an even batch
     loader = DataLoader(train_set, per_rank, sampler=sampler, num_workers=workers, drop_last=mixup is not None
                         and odd_last, pin_memory=device.type == "cuda", generator=torch.Generator())
     if len(loader) == 0:
         raise ValueError(f"{len(train_set)} training images make no batch of {per_rank} per process")
+    return loader
 
-    lr = recipe.lr * batch_size / recipe.batch_size
-    optimizer = optimizer_for(model, recipe, lr)
+
+def one_epoch(network, model, loader, optimizer, scheduler, criterion, mixup, recipe, step, *, warmup_epochs,
+              channels_last, progress):
+    """Train for one pass over `loader`; returns (steps done so far, (loss sum, images) as a device tensor, lr)."""
+    device = next(model.parameters()).device
+    loss_sum, seen, start, lr = torch.zeros((), device=device), 0, time.perf_counter(), None
+    bar = tqdm(loader, desc="epoch", leave=False, disable=not progress)
+    for images, labels in bar:
+        images, targets = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if mixup is not None:
+            images, targets = mixup(images, targets)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            loss = criterion(network(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        lr = optimizer.param_groups[0]["lr"]
+        loss.backward()
+        if recipe.clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+        optimizer.step()
+        step += 1
+        scheduler.step_update(schedule_step(step, warmup_epochs=warmup_epochs, steps_per_epoch=len(loader)))
+        loss_sum += loss.detach() * len(images)
+        seen += len(images)
+        if not bar.disable and step % POSTFIX_EVERY == 1:
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    return step, torch.stack([loss_sum.double(), torch.tensor(seen, dtype=torch.float64, device=device)]), lr
+
+
+def write_log(rows, path):
+    """The log's rows as a CSV, replaced whole (the checkpoint holds the same rows: the two never disagree)."""
+    partial = Path(path).with_name(Path(path).name + ".partial")
+    with writing(path):
+        pd.DataFrame(rows).to_csv(partial, index=False)
+        os.replace(partial, path)
+
+
+def train(model, train_set, test_set=None, *, name, recipe=STRONG, dataset="cifar100", folder="checkpoints/trained",
+          epochs=None, warmup_epochs=None, batch_size=None, seed=0, workers=None, resume=True, extra=None,
+          progress=True):
+    """Train `model` (in place, on its device) on `train_set` of (image, label) pairs, whose transform is the
+    caller's (e.g. `recipe.train_transform(dataset)`); evaluate on `test_set` after every epoch. Seeds torch,
+    numpy and random with `seed` (plus the rank). `epochs`, `warmup_epochs`, `batch_size` (global, over all
+    ranks) default to the recipe's. With `resume`, an existing `_last` checkpoint in `folder` is continued if it
+    was made with the same definition (`definition_of`, plus `extra`), and refused otherwise; without one, or
+    without `resume`, training (and its log) starts over.
+    Returns the log, one row per epoch, as a DataFrame (on rank 0; None on the others)."""
+    epochs = recipe.epochs if epochs is None else epochs
+    warmup_epochs = recipe.warmup_epochs if warmup_epochs is None else warmup_epochs
+    batch_size = recipe.batch_size if batch_size is None else batch_size
+    place = rank() if dist.is_initialized() else Rank()
+    if batch_size % place.world_size:
+        raise ValueError(f"batch size {batch_size} does not split over {place.world_size} processes: "
+                         f"pick a multiple of {place.world_size}")
+    per_rank, device = batch_size // place.world_size, next(model.parameters()).device
+    mixup = recipe.mixup_fn(data.NUM_CLASSES[dataset])
+    if mixup is not None and per_rank % 2:
+        raise ValueError(f"timm's Mixup/CutMix needs an even batch per process, not {per_rank}: "
+                         f"pick a batch size that is an even multiple of {place.world_size}")
+    definition = definition_of(name, recipe, dataset, epochs, warmup_epochs, batch_size, seed, train_set, test_set,
+                               extra)
+    seed_everything(seed + place.rank)
+    loader = training_loader(train_set, per_rank, place, mixup=mixup, seed=seed, workers=data.worker_count(workers),
+                             device=device)
+    optimizer = optimizer_for(model, recipe, recipe.lr * batch_size / recipe.batch_size)
     scheduler = scheduler_for(optimizer, recipe, epochs=epochs, warmup_epochs=warmup_epochs,
                               steps_per_epoch=len(loader))
-    criterion = criterion_for(recipe, mixup)
     channels_last = prefers_channels_last(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
     last = checkpoint_path(folder, name, dataset, "last")
-    finished, step = 0, 0
+    finished, step, log = 0, 0, []
     if resume and last.exists():
         checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        check_resumable(checkpoint, definition, last)
         model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        finished, step = checkpoint["epoch"], checkpoint["step"]
+        finished, step, log = checkpoint["epoch"], checkpoint["step"], checkpoint["log"]
         if checkpoint["world_size"] == place.world_size:
             set_rng_state(checkpoint["rng"][place.rank])
         else:  # another number of processes: each step still sees the same images, augmented otherwise
@@ -238,110 +294,153 @@ def train(model, train_set, test_set=None, *, name, recipe=STRONG, dataset="cifa
 
     network = DistributedDataParallel(model, [device.index] if device.type == "cuda" else None) \
         if place.world_size > 1 else model
-    log = Sweep(log_path(folder, name, dataset), ("epoch",), Rank())
-    if finished == 0 and place.rank == 0:
-        log.path.unlink(missing_ok=True)  # a fresh start: rows of an earlier run would mislead
-    logged = {int(epoch) for epoch, in log.done()}
-    total = warmup_epochs + epochs
-    for epoch in tqdm(range(finished, total), desc=name, initial=finished, total=total,
-                      disable=not progress or place.rank != 0):
-        sampler.set_epoch(epoch)
-        loader.generator.manual_seed(seed + 1000 * epoch + place.rank)
-        model.train()
-        loss_sum, seen = torch.zeros((), device=device), 0
-        start = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress or place.rank != 0)
-        for images, labels in bar:
-            images, targets = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            if mixup is not None:
-                images, targets = mixup(images, targets)
-            with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                loss = criterion(network(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            lr_used = optimizer.param_groups[0]["lr"]
-            loss.backward()
-            if recipe.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-            optimizer.step()
-            step += 1
-            scheduler.step_update(schedule_step(step, warmup_epochs=warmup_epochs, steps_per_epoch=len(loader)))
-            loss_sum += loss.detach() * len(images)
-            seen += len(images)
-            if not bar.disable and step % POSTFIX_EVERY == 1:
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-        totals = torch.stack([loss_sum.double(), torch.tensor(seen, dtype=torch.float64, device=device)])
-        if place.world_size > 1:
-            dist.all_reduce(totals)
-            for buffer in model.buffers():  # BatchNorm statistics: rank 0's, as the checkpoint will hold
-                dist.broadcast(buffer, 0)
-        row = {"epoch": epoch + 1, "phase": "warmup" if epoch < warmup_epochs else "train",
-               "lr": lr_used, "train_loss": (totals[0] / totals[1]).item(),
-               "train_throughput": totals[1].item() / (time.perf_counter() - start)}
-        if test_set is not None:
-            metrics = evaluate(model, test_set, batch_size=recipe.eval_batch_size, workers=workers).row()
-            row |= {f"test_{key}": value for key, value in metrics.items()}
-        rngs = gathered(rng_state(), place)
+    total, criterion = warmup_epochs + epochs, criterion_for(recipe, mixup)
+    try:
+        for epoch in tqdm(range(finished, total), desc=name, initial=finished, total=total,
+                          disable=not progress or place.rank != 0):
+            loader.sampler.set_epoch(epoch)
+            loader.generator.manual_seed(seed + 1000 * epoch + place.rank)
+            model.train()
+            start = time.perf_counter()
+            step, totals, lr = one_epoch(network, model, loader, optimizer, scheduler, criterion, mixup, recipe,
+                                         step, warmup_epochs=warmup_epochs, channels_last=channels_last,
+                                         progress=progress and place.rank == 0)
+            if place.world_size > 1:
+                dist.all_reduce(totals)
+                for buffer in model.buffers():  # BatchNorm statistics: rank 0's, as the checkpoint will hold
+                    dist.broadcast(buffer, 0)
+            row = {"epoch": epoch + 1, "phase": "warmup" if epoch < warmup_epochs else "train", "lr": lr,
+                   "train_loss": (totals[0] / totals[1]).item(),
+                   "train_throughput": totals[1].item() / (time.perf_counter() - start)}
+            if test_set is not None:
+                metrics = evaluate(model, test_set, batch_size=recipe.eval_batch_size,
+                                   workers=data.worker_count(workers)).row()
+                row |= {f"test_{key}": value for key, value in metrics.items()}
+            log = log + [row]
+            rngs = gathered(rng_state(), place)
+            if place.rank == 0:
+                checkpoint = {"name": name, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "epoch": epoch + 1, "step": step, "scheduler": scheduler.state_dict(),
+                              "recipe": asdict(recipe), "seed": seed, "world_size": place.world_size, "rng": rngs,
+                              "metrics": row, "log": log, "definition": definition}
+                save_checkpoint(checkpoint, last)
+                write_log(log, log_path(folder, name, dataset))
+                if epoch + 1 == warmup_epochs:
+                    keep_copy(last, checkpoint_path(folder, name, dataset, "warmup"))
+                if epoch + 1 == total:
+                    keep_copy(last, checkpoint_path(folder, name, dataset))
+    except KeyboardInterrupt:
         if place.rank == 0:
-            if epoch + 1 not in logged:  # a run killed after its row and before its checkpoint redoes the epoch
-                log.add(row)
-            checkpoint = {"name": name, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "epoch": epoch + 1, "step": step, "scheduler": scheduler.state_dict(),
-                          "recipe": asdict(recipe), "seed": seed, "world_size": place.world_size, "rng": rngs,
-                          "metrics": row}
-            save_checkpoint(checkpoint, last)
-            if epoch + 1 == warmup_epochs:
-                keep_copy(last, checkpoint_path(folder, name, dataset, "warmup"))
-            if epoch + 1 == total:
-                keep_copy(last, checkpoint_path(folder, name, dataset))
+            print(f"\nInterrupted: {len(log)} finished epochs are saved in {last}; run the same command (or cell) "
+                  "again to resume.", flush=True)
+        raise
     if place.world_size > 1:
         dist.barrier()
-    return pd.read_csv(log.path) if place.rank == 0 and log.path.exists() else None
+    return pd.DataFrame(log) if place.rank == 0 else None
+
+
+# The experiment: the classification notebook and `python -m helpers.train` both read `Config`
+
+@dataclass
+class Config(Experiment):
+    """The accuracy table of `models` (official weights or `checkpoints`) and the training of `model`."""
+    models: list[str] = setting(["resnet_50", "swin_ti", "pit_ti", "vit_ti"],
+                                "models evaluated with their official weights (or the files of `checkpoints`)",
+                                identity=False)
+    model: str = setting("alternet_50", "the model to train", choices=models_module.NAMES)
+    model_args: dict[str, object] = setting({}, "keywords for helpers.models.create (on the command line: depth=1 "
+                                            "embed_dim=64)")
+    dataset: str = setting("cifar100", "the dataset", choices=tuple(data.NUM_CLASSES))
+    recipe: str = setting("strong", "the authors' training recipe: strong (AdamW, cosine) or weak (SGD, steps)",
+                          choices=tuple(RECIPES))
+    epochs: int | None = setting(None, "epochs after warm-up (None: the recipe's, 300 for the strong one)", smoke=1,
+                                 check=positive)
+    warmup_epochs: int | None = setting(None, "warm-up epochs (None: the recipe's, 5 for the strong one)", smoke=0)
+    batch_size: int | None = setting(None, "global batch size over all processes (None: the recipe's; the learning "
+                                     "rate scales with it)", smoke=8, check=positive)
+    images: int | None = setting(None, "training images, the first of a seeded shuffle (None: all)", smoke=8,
+                                 check=positive)
+    test_images: int | None = setting(None, "test images evaluated, from the first (None: all)", smoke=16,
+                                      check=positive)
+    eval_batch_size: int = setting(256, "images per evaluation batch", identity=False, check=positive)
+    seed: int = setting(0, "initial weights, data order and augmentations")
+    workers: int | None = setting(None, "data-loading processes (None: up to 4)", identity=False, smoke=0)
+    folder: str = setting("checkpoints/trained", "training checkpoints and log (a smoke run uses "
+                          "RESULTS/smoke/trained)", identity=False)
+
+
+def training_folder(config):
+    """Where `config`'s training writes: `folder`, or for a smoke run smoke/trained in the results folder (so fresh
+    weights never land beside real checkpoints)."""
+    return config.results_folder() / "smoke" / "trained" if config.smoke else Path(config.folder)
+
+
+def datasets_of(config):
+    """(training set with the recipe's transform, test set), or synthetic stand-ins when smoke."""
+    if config.smoke:
+        return (data.synthetic(config.images, config.dataset, seed=0),
+                data.synthetic(config.test_images, config.dataset, seed=1))
+    recipe = RECIPES[config.recipe]
+    train_set = data.dataset(config.dataset, config.data_root, train=True, transform=recipe.train_transform(
+        config.dataset), mirror=config.mirror)
+    test_set = data.dataset(config.dataset, config.data_root, train=False, transform=data.test_transform(
+        config.dataset), mirror=config.mirror)
+    return (data.sample(train_set, config.images, seed=config.seed),
+            Subset(test_set, range(min(config.test_images or len(test_set), len(test_set)))))
+
+
+def accuracy_table(config, *, progress=True):
+    """One row per evaluated model (`models`, then the other names of `checkpoints`): the paper's accuracy beside
+    ours, NLL, ECE, Acc-90, Freq-90 and throughput on this device."""
+    config = config.resolved()
+    device, (_, test_set) = pick_device(), datasets_of(config)
+    rows = []
+    for name in config.models + [name for name in config.checkpoints if name not in config.models]:
+        net = checkpoints.pretrained(name, config.checkpoint_root, path=config.checkpoints.get(name),
+                                     smoke=config.smoke, map_location=device, mirror=config.mirror)
+        metrics = evaluate(net, test_set, batch_size=config.eval_batch_size, workers=data.worker_count(config.workers),
+                           progress=progress)
+        rows.append({"model": name, "paper_accuracy": models_module.entry(name).paper_accuracy, **metrics.row()})
+    return pd.DataFrame(rows)
+
+
+def run(config, *, progress=True):
+    """Train `config.model` with its recipe (resuming its last checkpoint); returns (model, log) on rank 0."""
+    config = config.resolved()
+    train_set, test_set = datasets_of(config)
+    recipe = RECIPES[config.recipe]
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = build(config.model, recipe, data.NUM_CLASSES[config.dataset], **config.model_args).to(pick_device())
+    log = train(model, train_set, test_set, name=config.model, recipe=recipe, dataset=config.dataset,
+                folder=training_folder(config), epochs=config.epochs, warmup_epochs=config.warmup_epochs,
+                batch_size=config.batch_size, seed=config.seed, workers=config.workers, progress=progress,
+                extra={"model_args": config.model_args, "smoke": config.smoke})
+    return model, log
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Train a model on CIFAR with the authors' recipe; under "
-                                     "torchrun --nproc-per-node N, on N processes.")
-    parser.add_argument("--model", default="alternet_50", choices=models.NAMES)
-    parser.add_argument("--model-args", default="{}", help='JSON keywords for models.create, e.g. \'{"depth": 1}\'')
-    parser.add_argument("--dataset", default="cifar100", choices=sorted(data.NUM_CLASSES))
-    parser.add_argument("--recipe", default="strong", choices=sorted(RECIPES))
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--folder", default="checkpoints/trained")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--warmup-epochs", type=int)
-    parser.add_argument("--batch-size", type=int, help="global, over all processes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int)
-    parser.add_argument("--no-resume", action="store_true")
-    parser.add_argument("--synthetic", type=int, metavar="N", help="N random images instead of the dataset")
-    args = parser.parse_args(argv)
-
+    """`[torchrun --nproc-per-node N] python -m helpers.train --model alternet_50`: distributed data parallel on N
+    processes (nccl on CUDA, gloo on the CPU)."""
+    config = experiment.parse(Config, argv, "Train a model with the authors' recipe (resumable).",
+                              prog="python -m helpers.train")
     place = rank()
     if place.world_size > 1:
         if torch.cuda.is_available():
             torch.cuda.set_device(place.local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    recipe = RECIPES[args.recipe]
-    if args.synthetic:
-        train_set = data.synthetic(args.synthetic, args.dataset, seed=0)
-        test_set = data.synthetic(args.synthetic, args.dataset, seed=1)
-    else:
-        train_set = data.dataset(args.dataset, args.data_root, train=True,
-                                 transform=recipe.train_transform(args.dataset))
-        test_set = data.dataset(args.dataset, args.data_root, train=False, transform=data.test_transform(args.dataset))
-    torch.manual_seed(args.seed)  # the same initial weights on every rank
-    model = build(args.model, recipe, data.NUM_CLASSES[args.dataset], **json.loads(args.model_args))
-    model.to(helpers.pick_device())
-    log = train(model, train_set, test_set, name=args.model, recipe=recipe, dataset=args.dataset, folder=args.folder,
-                epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, seed=args.seed,
-                workers=args.workers, resume=not args.no_resume)
+    try:
+        _, log = run(config)
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if log is not None:
         print(log.tail(1).to_string(index=False))
     if dist.is_initialized():
         dist.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -96,4 +96,4 @@ def test_the_weights_digest_sees_one_changed_number():
 
 def test_the_command_line_and_the_environment_share_the_results_default(tmp_path, monkeypatch):
     monkeypatch.setenv(experiment.RESULTS_VARIABLE, str(tmp_path))
-    assert landscape.Config().folder() == tmp_path == experiment.parse(landscape.Config, []).folder()
+    assert landscape.Config().results_folder() == tmp_path == experiment.parse(landscape.Config, []).results_folder()

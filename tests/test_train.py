@@ -1,6 +1,5 @@
 """Training: the authors' schedules, overfitting a tiny set, official-format checkpoints, exact resume, torchrun."""
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import checkpoints, data, models, train
+from helpers import checkpoints, data, experiment, models, train
 from helpers.recipes import STRONG, WEAK
 
 TINY = dict(depth=1, embed_dim=64, num_heads=2, patch_size=8, global_pool="avg")  # a ViT of 60k parameters
@@ -30,7 +29,7 @@ def one_thread():
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setitem(models.BUILDERS, "tiny_vit", partial(models.vit, **TINY))
+    monkeypatch.setitem(models.REGISTRY, "tiny_vit", models.Entry(partial(models.vit, **TINY), "vit"))
     return "tiny_vit"
 
 
@@ -132,23 +131,43 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, tiny, monkeyp
 
 def test_two_process_torchrun_matches_one_process_evaluation(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "helpers.train", "--model", "vit_ti", "--model-args", json.dumps(TINY), "--synthetic", "24",
-               "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8", "--workers", "0",
-               "--folder", str(tmp_path)]
+               "-m", "helpers.train", "--model", "vit_ti", "--model-args", *(f"{k}={v}" for k, v in TINY.items()),
+               "--smoke", "--results", str(tmp_path)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    path = train.checkpoint_path(tmp_path, "vit_ti")
+    path = train.checkpoint_path(tmp_path / "smoke" / "trained", "vit_ti")
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
     model = models.create("vit_ti", **TINY)
     model.load_state_dict(checkpoints.read_state_dict(path))
-    single = train.evaluate(model, data.synthetic(24, seed=1), batch_size=5)
-    row = pd.read_csv(train.log_path(tmp_path, "vit_ti")).iloc[-1]
-    assert row.test_count == 24
+    single = train.evaluate(model, data.synthetic(16, seed=1), batch_size=5)
+    row = pd.read_csv(train.log_path(tmp_path / "smoke" / "trained", "vit_ti")).iloc[-1]
+    assert row.test_count == 16
     for key in ("accuracy", "nll", "ece", "freq_90"):
         assert row[f"test_{key}"] == pytest.approx(getattr(single, key), rel=1e-6), key
+
+
+def test_a_run_with_other_settings_is_refused_naming_the_setting(tmp_path, tiny):
+    recipe = dataclasses.replace(STRONG, batch_size=8)
+    run = partial(train.train, train_set=data.synthetic(16), name=tiny, recipe=recipe, warmup_epochs=0, workers=0,
+                  folder=tmp_path, progress=False)
+    run(models.create(tiny), epochs=1)
+    with pytest.raises(ValueError, match="other settings \\(epochs: 1 -> 2\\)"):
+        run(models.create(tiny), epochs=2)
+    with pytest.raises(ValueError, match="train.digest"):
+        run(models.create(tiny), epochs=1, train_set=data.synthetic(16, seed=5))
+    assert len(run(models.create(tiny), epochs=1, resume=False)) == 1  # starting over is a choice
+
+
+def test_the_command_line_is_the_notebooks_config(tmp_path):
+    config = experiment.parse(train.Config, ["--model", "vit_ti", "--model-args", "depth=1", "global_pool=avg",
+                                             "--smoke", "--results", str(tmp_path)])
+    assert config.model_args == {"depth": 1, "global_pool": "avg"}
+    assert config.resolved() == train.Config(model="vit_ti", model_args={"depth": 1, "global_pool": "avg"},
+                                             smoke=True, results=str(tmp_path)).resolved()
+    assert train.training_folder(config) == tmp_path / "smoke" / "trained"  # never beside real checkpoints
 
 
 def test_bad_recipe_is_refused():
