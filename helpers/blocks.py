@@ -11,6 +11,7 @@ SwinTransformer, at any size.
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 from einops import rearrange
@@ -52,6 +53,12 @@ class Block(nn.Module):
             return tokens_to_map(x[:, self.prefix_tokens:])
         raise ValueError(f"{self.name} outputs logits, not a feature map")
 
+    @property
+    def shade(self):
+        """The kind a figure shades this block as: every subsampling block (PiT/Swin pooling, a ResNet's strided
+        bottleneck) is `pool`."""
+        return "pool" if self.downsamples else self.kind
+
     def extra_repr(self):
         return f"kind={self.kind}, name={self.name!r}, layout={self.layout}"
 
@@ -90,6 +97,20 @@ class Blocks(nn.Sequential):
     @property
     def kinds(self):
         return [block.kind for block in self]
+
+    @property
+    def layers(self):
+        """The blocks on the depth axis: all but the head (the logits), in order, one per `feature_maps` entry."""
+        return [block for block in self if block.kind != "head"]
+
+    def depths(self):
+        """The normalised depth of each of `layers`: block i of n sits at i / (n - 1), from 0 to 1."""
+        return normalized_depth(len(self.layers))
+
+
+def normalized_depth(n):
+    """Block i of n sits at depth i / (n - 1): 0 for the first block, 1 for the last."""
+    return np.arange(n) / max(n - 1, 1)
 
 
 def tokens_to_map(x):

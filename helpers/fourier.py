@@ -71,13 +71,13 @@ def relative_log_amplitudes(blocks, spectra):
     (block / (blocks - 1), the plots' axis), `name`, `kind`, `entry` (k), `frequency` (in units of π) and
     `delta_log_amplitude`."""
     rows = []
-    layers = [b for b in blocks if b.kind != "head"]
+    layers, depths = blocks.layers, blocks.depths()
     if len(layers) != len(spectra):
         raise ValueError(f"{len(spectra)} spectra for {len(layers)} non-head blocks; compute them with spectra(blocks, ...).")
     for index, (block, spectrum) in enumerate(zip(layers, spectra)):
         curve = half_diagonal(spectrum)
         for entry, (frequency, value) in enumerate(zip(frequencies(spectrum.shape[-1]), curve)):
-            rows.append({"block": index, "depth": index / max(len(layers) - 1, 1), "name": block.name,
+            rows.append({"block": index, "depth": depths[index], "name": block.name,
                          "kind": block.kind, "entry": entry, "frequency": frequency.item(),
                          "delta_log_amplitude": value.item()})
     return pd.DataFrame(rows)

@@ -2,9 +2,9 @@
 
 Only notebooks and widgets import this module; analysis modules return numbers.
 
-The depth axis, as in the authors' notebooks: the head (the logits) is not on it. Block `i` of the `n` non-head
-blocks (`layers(blocks)`, the rows of `Blocks.feature_maps`) sits at `i / (n - 1)`, and the interval that ends
-at a block, `[(i - 1)/(n - 1), i/(n - 1)]`, is shaded from its kind: grey for an MSA, blue for subsampling.
+The depth axis, as in the authors' notebooks, comes from the blocks (`Blocks.layers`, `Blocks.depths`): the head
+(the logits) is not on it, block `i` of the `n` non-head blocks sits at `i / (n - 1)`, and the interval that ends
+at a block, `[(i - 1)/(n - 1), i/(n - 1)]`, is shaded from its `Block.shade`: grey for an MSA, blue for subsampling.
 For ResNet-50 and ViT-Ti that is exactly the authors' `pools = [4, 8, 14]` and `msas = [1, 3, ..., 23]`.
 """
 from pathlib import Path
@@ -18,6 +18,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter
 
 from helpers import models
+from helpers.blocks import normalized_depth
 from helpers.common import writing
 from helpers.fourier import shifted_frequencies
 
@@ -50,28 +51,16 @@ def save(fig, name, folder="results", table=None, *, smoke=False):
     return paths
 
 
-def normalized_depth(n):
-    """Block i of n sits at depth i / (n - 1): 0 for the first block, 1 for the last."""
-    return np.arange(n) / max(n - 1, 1)
-
-
-def layers(blocks):
-    """The blocks on the depth axis: all but the head, in order (one per `Blocks.feature_maps` entry)."""
-    return [block for block in blocks if block.kind != "head"]
-
-
 def shade_kinds(ax, blocks):
     """Shade the depth interval that ends at each MSA block grey and at each subsampling block blue.
 
-    `blocks` is a `Blocks` (or any sequence with `.kind` and `.downsamples`); its head, if any, is left out of
-    the axis, so that the shading lines up with curves over `Blocks.feature_maps` (see the module docstring).
+    `blocks` is a `Blocks`; its head is left out of the axis, so that the shading lines up with curves over
+    `Blocks.feature_maps` (see the module docstring).
     """
-    on_axis = layers(blocks)
-    step = 1.0 / max(len(on_axis) - 1, 1)
-    for depth, block in zip(normalized_depth(len(on_axis)), on_axis):
-        kind = "pool" if block.downsamples else block.kind
-        if kind in SHADES:
-            color, alpha = SHADES[kind]
+    step = 1.0 / max(len(blocks.layers) - 1, 1)
+    for depth, block in zip(blocks.depths(), blocks.layers):
+        if block.shade in SHADES:
+            color, alpha = SHADES[block.shade]
             ax.axvspan(depth - step, depth, color=color, alpha=alpha, lw=0)
     ax.set_xlim(0, 1)
     ax.set_xlabel("Normalized depth")
@@ -91,9 +80,9 @@ def depth_curve(ax, blocks, values, *, marker="o", color=None, label=None, highl
     block index to ring (the layer explorer's current block).
     """
     values = np.asarray(values, dtype=float)
-    if len(values) != len(layers(blocks)):
-        raise ValueError(f"{len(values)} values for {len(layers(blocks))} non-head blocks.")
-    depth = normalized_depth(len(values))
+    if len(values) != len(blocks.layers):
+        raise ValueError(f"{len(values)} values for {len(blocks.layers)} non-head blocks.")
+    depth = blocks.depths()
     if color is None:
         points = np.stack([depth, values], axis=1)  # n, 2
         segments = np.stack([points[:-1], points[1:]], axis=1)  # n-1, 2 ends, 2
@@ -144,7 +133,7 @@ def similarity_heatmap(ax, matrix, blocks_a, blocks_b):
     image = ax.imshow(np.asarray(matrix), origin="lower", cmap="magma", vmin=0, vmax=1, aspect="auto")
     ax.figure.colorbar(image, ax=ax, label="CKA", pad=0.02)
     index = {kind: i for i, kind in enumerate(KIND_COLORS)}
-    kinds = [["pool" if b.downsamples else b.kind for b in blocks] for blocks in (blocks_a, blocks_b)]
+    kinds = [[b.shade for b in blocks] for blocks in (blocks_a, blocks_b)]
     for bounds, strip_kinds, vertical in (([0, -0.05, 1, 0.035], kinds[1], False),
                                           ([-0.05, 0, 0.035, 1], kinds[0], True)):
         strip = ax.inset_axes(bounds)

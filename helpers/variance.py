@@ -28,7 +28,6 @@ def variances(blocks, batches):
     DataLoader). Each batch goes through the model once (`Blocks.average`).
     """
     values = torch.stack(blocks.average(batches, feature_map_variance)).double().numpy()
-    layers = [b for b in blocks if b.kind != "head"]
-    depth = [index / max(len(layers) - 1, 1) for index in range(len(layers))]
-    return pd.DataFrame({"block": range(len(layers)), "depth": depth, "name": [b.name for b in layers],
+    layers = blocks.layers
+    return pd.DataFrame({"block": range(len(layers)), "depth": blocks.depths(), "name": [b.name for b in layers],
                          "kind": [b.kind for b in layers], "variance": values})

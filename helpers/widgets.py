@@ -30,7 +30,7 @@ class Explorer:
         device = next(blocks.parameters()).device
         with torch.no_grad():
             maps = blocks.feature_maps(images.to(device))
-        self.blocks, self.layers, self.title = blocks, plots.layers(blocks), title
+        self.blocks, self.layers, self.title = blocks, blocks.layers, title
         self.channels = [normalized_channels(m[0, :channels]).cpu() for m in maps]  # first image: c, h, w
         self.spectra = [fourier.log_amplitude_spectrum(m).cpu() for m in maps]
         self.high_frequency = [fourier.half_diagonal(s)[-1].item() for s in self.spectra]

@@ -68,9 +68,9 @@ def test_save_writes_png_pdf_csv_and_depths(tmp_path):
     fig, ax = plt.subplots()
     paths = plots.save(fig, "x", tmp_path, table={"a": [1, 2]})
     assert all(p.exists() for p in paths) and [p.suffix for p in paths] == [".png", ".pdf", ".csv"]
-    assert plots.normalized_depth(5).tolist() == [0, 0.25, 0.5, 0.75, 1]
-    assert plots.model_style("resnet_50") == plots.model_style("resnet50") == ("D", "tab:blue")
-    assert plots.model_style("vit_tiny_patch16_224")[0] == "o" and plots.model_style("pit_ti")[0] == "s"
+    assert plots.model_style("resnet_50") == plots.model_style("resnet_18 (authors)") == ("D", "tab:blue")
+    assert plots.model_style("vit_s")[0] == "o" and plots.model_style("pit_ti")[0] == "s"
+    assert plots.model_style("vit_tiny_patch16_224") == plots.OTHER_STYLE  # not a registry name
     plt.close(fig)
 
 
