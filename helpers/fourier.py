@@ -1,4 +1,4 @@
-"""Fig. 2: relative log amplitude of Fourier-transformed feature maps (MSAs are low-pass filters).
+"""Fig. 2a and Fig. 8: relative log amplitude of Fourier-transformed feature maps (MSAs are low-pass filters).
 
 For a batch of feature maps `B, C, H, W` (token outputs become maps in `helpers.blocks`, class tokens dropped)
 we follow the authors' `fourier_analysis.ipynb`: the 2-D FFT over `H, W`; the log of the amplitude plus 1e-6;
@@ -9,7 +9,10 @@ is the frequency `(2πk/H, 2πk/H)`: `k` cycles per `H` points along both axes. 
 the last one is `π (H - 1)/H` for odd `H` and `π (1 - 2/H)` for even `H`: for even sizes the shift sends the
 Nyquist frequency π (a checkerboard) to the corner `(0, 0)`, which the half diagonal never reaches.
 `shifted_frequencies(H)` gives the frequency of every row of the shifted spectrum, in units of π; the authors'
-plot instead spreads each curve evenly over 0 to 1π. "The highest frequency" of Fig. 2b is the last entry.
+plot instead spreads each curve evenly over 0 to 1π. "The highest frequency" of Fig. 8 (the depth plot) is the
+last entry, so it depends on the map's size: π(1 - 2/H) is 0.94π for a 32 x 32 map but 0.5π for a 4 x 4 one.
+The authors measured Fig. 2a and Fig. 8 on ImageNet (224 x 224 inputs, 56 x 56 to 7 x 7 maps); on CIFAR the
+deeper stages' maps are 8 x 8 and 4 x 4, whose "highest frequency" is much lower (the table keeps each map's `size`).
 
 The mean of log amplitudes over images is linear, so `spectra` accumulates it batch by batch and gives exactly
 the one-big-batch result. `imagenet_model` / `imagenet_images` (at the end) are the authors' own setting:
@@ -20,6 +23,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image
+
+from helpers import models
 
 EPSILON = 1e-6  # the authors' floor under the amplitude before the log
 
@@ -68,8 +73,8 @@ def spectra(blocks, batches):
 
 def relative_log_amplitudes(blocks, spectra):
     """Fig. 2a as a table, one row per (block, frequency): `block` (index among the non-head blocks), `depth`
-    (block / (blocks - 1), the plots' axis), `name`, `kind`, `entry` (k), `frequency` (in units of π) and
-    `delta_log_amplitude`."""
+    (block / (blocks - 1), the plots' axis), `name`, `kind`, `size` (the map's height H), `entry` (k),
+    `frequency` (in units of π) and `delta_log_amplitude`."""
     rows = []
     layers, depths = blocks.layers, blocks.depths()
     if len(layers) != len(spectra):
@@ -77,31 +82,29 @@ def relative_log_amplitudes(blocks, spectra):
     for index, (block, spectrum) in enumerate(zip(layers, spectra)):
         curve = half_diagonal(spectrum)
         for entry, (frequency, value) in enumerate(zip(frequencies(spectrum.shape[-1]), curve)):
-            rows.append({"block": index, "depth": depths[index], "name": block.name,
-                         "kind": block.kind, "entry": entry, "frequency": frequency.item(),
+            rows.append({"block": index, "depth": depths[index], "name": block.name, "kind": block.kind,
+                         "size": spectrum.shape[-1], "entry": entry, "frequency": frequency.item(),
                          "delta_log_amplitude": value.item()})
     return pd.DataFrame(rows)
 
 
 def highest_frequency(table):
-    """Fig. 2b: each block's row at its last (highest) frequency, from `relative_log_amplitudes`."""
+    """Fig. 8: each block's row at its last (highest) frequency, from `relative_log_amplitudes`."""
     return table.sort_values(["block", "entry"]).groupby("block", as_index=False).last()
 
 
 # The authors' own setting: ImageNet-pretrained timm models on ImageNet validation images (needs the hub)
 
-IMAGENET_MODELS = {"resnet_50": "resnet50", "vit_ti": "vit_tiny_patch16_224", "pit_ti": "pit_ti_224",
-                   "swin_ti": "swin_tiny_patch4_window7_224"}
-
-
-def imagenet_model(name):
-    """timm's ImageNet-pretrained counterpart of `name` (e.g. `vit_ti` -> `vit_tiny_patch16_224`), in eval mode."""
+def imagenet_model(name, *, pretrained=True):
+    """timm's ImageNet-1k counterpart of registry model `name` (its entry's `imagenet`, e.g. `vit_ti` ->
+    `vit_tiny_patch16_224`), pretrained (downloaded from the hub) unless `pretrained=False`, in eval mode."""
     import timm
 
-    if name not in IMAGENET_MODELS:
-        raise ValueError(f"No ImageNet-pretrained timm model stands for {name!r}; choose one of: "
-                         f"{', '.join(IMAGENET_MODELS)}.")
-    return timm.create_model(IMAGENET_MODELS[name], pretrained=True).eval()
+    counterpart = models.entry(name).imagenet
+    if counterpart is None:
+        having = [n for n, e in models.REGISTRY.items() if e.imagenet]
+        raise ValueError(f"No ImageNet-pretrained timm model stands for {name!r}; choose one of: {', '.join(having)}.")
+    return timm.create_model(counterpart, pretrained=pretrained).eval()
 
 
 class ImageFiles(torch.utils.data.Dataset):

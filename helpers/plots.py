@@ -98,6 +98,21 @@ def depth_curve(ax, blocks, values, *, marker="o", color=None, label=None, highl
     shade_kinds(ax, blocks)
 
 
+def map_sizes(ax, blocks, sizes):
+    """Label, on a top axis, each stretch of `blocks` (their `layers`) whose feature maps share a size H (`sizes`,
+    one per layer) with `H x H` and the highest frequency of such a map, π(1 - 2/H): what Fig. 8 reads there is
+    lower for a smaller map, and a CIFAR model's deeper stages have 8 x 8 and 4 x 4 maps."""
+    sizes, depths = [int(size) for size in sizes], blocks.depths()
+    runs = [0] + [i for i in range(1, len(sizes)) if sizes[i] != sizes[i - 1]] + [len(sizes)]
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([(depths[a] + depths[b - 1]) / 2 for a, b in zip(runs, runs[1:])],
+                   [f"{sizes[a]}×{sizes[a]}: {shifted_frequencies(sizes[a])[-1].item():.2f}π" for a in runs[:-1]],
+                   fontsize=7)
+    top.tick_params(length=0)
+    for start in runs[1:-1]:
+        ax.axvline(depths[start - 1], color="dimgray", lw=0.6, ls=":")
+
+
 def frequency_curves(ax, table, *, leave_out_last=True):
     """Fig. 2a: one Δ log amplitude curve per block of `fourier.relative_log_amplitudes`' table, coloured by
     normalized depth, deepest drawn first. As in the authors' notebook the last block's curve is left out."""
