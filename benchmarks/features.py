@@ -1,4 +1,4 @@
-"""Cost of extracting every block's features (Fig. 2, Fig. 9), as a ratio to a bare forward pass (goal: at most 1.1).
+"""Cost of extracting every block's features (Fig. 2a, Fig. 8, Fig. 9), as a ratio to a bare forward pass (goal: at most 1.1).
 
 For each model, on one batch, in eval mode without autograd, in the same process: the bare `model(x)`, then
 `split(model).features(x)` (every block's output, one pass) and `.feature_maps(x)` (the same as `B, C, H, W`

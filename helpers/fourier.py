@@ -48,7 +48,7 @@ def half_diagonal(spectrum):
 
 
 def relative_log_amplitude(x):
-    """The authors' Fig. 2 curve of the feature maps `x` (`B, C, H, W`): Δ log amplitude at `frequencies(H)`."""
+    """The authors' Fig. 2a curve of the feature maps `x` (`B, C, H, W`): Δ log amplitude at `frequencies(H)`."""
     return half_diagonal(log_amplitude_spectrum(x))
 
 

@@ -76,7 +76,7 @@ def model_style(name):
 def depth_curve(ax, blocks, values, *, marker="o", color=None, label=None, highlight=None):
     """`values` (one per non-head block) against normalized depth over the kind shading.
 
-    With `color=None` the line and markers are coloured by depth (the authors' Fig. 2b); `highlight` is a
+    With `color=None` the line and markers are coloured by depth (the authors' Fig. 8); `highlight` is a
     block index to ring (the layer explorer's current block).
     """
     values = np.asarray(values, dtype=float)

@@ -1,5 +1,5 @@
 """The layer explorer: a slider over a model's blocks showing, for the selected block, its kind and name, a few
-channels of its feature map, its 2-D log-amplitude spectrum, and where it sits on the Fig. 2b (Δ log amplitude
+channels of its feature map, its 2-D log-amplitude spectrum, and where it sits on the Fig. 8 (Δ log amplitude
 at the highest frequency) and Fig. 9 (feature-map variance) curves.
 
 Everything is computed once, from one forward pass over `images`; moving the slider only redraws. Whether a

@@ -43,7 +43,7 @@ def test_depth_curve_puts_block_i_at_i_over_n_minus_1():
     assert np.allclose(x, np.arange(25) / 24) and np.allclose(y, np.arange(25))
     with pytest.raises(ValueError, match="26 values for 25 non-head blocks"):
         plots.depth_curve(ax, blocks, np.arange(26.0))
-    plots.depth_curve(ax, blocks, np.arange(25.0), highlight=3)  # coloured by depth, the authors' Fig. 2b
+    plots.depth_curve(ax, blocks, np.arange(25.0), highlight=3)  # coloured by depth, the authors' Fig. 8
     plt.close(fig)
 
 

@@ -27,7 +27,7 @@ def test_outside_a_kernel_it_draws_one_static_figure(tiny):
     fig = widgets.explore(model, images, block=1)
     assert isinstance(fig, Figure)
     assert "block 1/4: msa blocks.0.attn (16 x 4 x 4)" in fig._suptitle.get_text()
-    assert len(fig.axes) >= 4 and fig.axes[0].images  # channels, spectrum, Fig. 2b, Fig. 9 (+ a colorbar)
+    assert len(fig.axes) >= 4 and fig.axes[0].images  # channels, spectrum, Fig. 8, Fig. 9 (+ a colorbar)
     with pytest.raises(ValueError, match="not one of the 5 non-head blocks"):
         widgets.explore(model, images, block=5)
 
