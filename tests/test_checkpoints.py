@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -6,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import checkpoints
-from helpers.download import DownloadError
+from fakes import official_checkpoint
 from http_server import refusing, serve
 from official import official_state_dict, reference_input, reference_logits
+
+from helpers import checkpoints, download, models
+from helpers.download import DownloadError
 
 PAPER = ["resnet_50", "alternet_50", "vit_ti", "pit_ti", "swin_ti"]
 
 
 def file_name(name):
-    return checkpoints.FILES.get(name, f"{name}_cifar100.pth.tar")  # AlterNet has no official file
+    return models.entry(name).file or f"{name}_cifar100.pth.tar"  # AlterNet has no official file
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +26,7 @@ def served(tmp_path_factory):
     """Every architecture's recipe checkpoint under its official file name, in the official format."""
     folder = tmp_path_factory.mktemp("served")
     for name in PAPER:
-        torch.save({"name": name, "state_dict": official_state_dict(name), "optimizer": {"state": {}}},
-                   folder / file_name(name))
+        official_checkpoint(folder / file_name(name), name)
     return folder
 
 
@@ -139,14 +141,15 @@ def norm_sums(state_dict):
 def test_official_downloads_are_fingerprinted(name, served, tmp_path, monkeypatch, capsys):
     path = served / file_name(name)
     with serve(served) as base:
-        monkeypatch.setattr(checkpoints, "BASE_URL", base + "/")
+        monkeypatch.setattr(models, "CHECKPOINT_URL", base + "/")
         with pytest.raises(checkpoints.CheckpointError) as error:  # the recipe weights are not the real ones
             checkpoints.load(name, root=tmp_path / "a")
         assert hashlib.sha256(path.read_bytes()).hexdigest() in str(error.value)
         assert "130782.34" in str(error.value) or "508540.66" in str(error.value)
         assert not (tmp_path / "a" / file_name(name)).exists()
 
-        monkeypatch.setitem(checkpoints.FINGERPRINTS, name, norm_sums(official_state_dict(name)))
+        entry = dataclasses.replace(models.entry(name), fingerprint=norm_sums(official_state_dict(name)))
+        monkeypatch.setitem(models.REGISTRY, name, entry)
         model = checkpoints.load(name, root=tmp_path / "b", verbose=True)
     assert (logits(model) - reference_logits(name)).abs().max() < 1e-4
     assert hashlib.sha256(path.read_bytes()).hexdigest() in capsys.readouterr().out
@@ -154,10 +157,28 @@ def test_official_downloads_are_fingerprinted(name, served, tmp_path, monkeypatc
 
 def test_offline_official_download_says_how_to_place_the_file(tmp_path, monkeypatch):
     with refusing() as base:
-        monkeypatch.setattr(checkpoints, "BASE_URL", base + "/")
+        monkeypatch.setattr(models, "CHECKPOINT_URL", base + "/")
         with pytest.raises(DownloadError, match="checkpoints/README.md"):
             checkpoints.load("swin_ti", root=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["environment", "argument", "folder"])
+def test_a_mirror_serves_the_official_names_and_is_checked_by_structure(how, served, tmp_path, monkeypatch):
+    monkeypatch.delenv(download.MIRROR_VARIABLE, raising=False)
+    with serve(served) as base, refusing() as nowhere:
+        monkeypatch.setattr(models, "CHECKPOINT_URL", nowhere + "/")  # the official site is out of reach
+        mirror = {"environment": None, "argument": base, "folder": str(served)}[how]
+        if how == "environment":
+            monkeypatch.setenv(download.MIRROR_VARIABLE, base + "/")
+        model = checkpoints.load("vit_ti", root=tmp_path, mirror=mirror)  # recipe weights: no fingerprint check
+    assert (logits(model) - reference_logits("vit_ti")).abs().max() < 1e-4
+    assert os.listdir(tmp_path) == [file_name("vit_ti")]
+    (served / "broken.pth.tar").write_text("<html>mirror error</html>")
+    monkeypatch.setitem(models.REGISTRY, "vit_ti", dataclasses.replace(models.entry("vit_ti"), file="broken.pth.tar"))
+    with pytest.raises(checkpoints.CheckpointError, match="HTML"):
+        checkpoints.load("vit_ti", root=tmp_path / "b", mirror=str(served))
+    assert not (tmp_path / "b" / "broken.pth.tar").exists()
 
 
 def test_alternet_has_no_official_file():

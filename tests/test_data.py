@@ -1,8 +1,6 @@
 """helpers.data against fake CIFAR archives in the real format, served from a loopback HTTP server."""
 import hashlib
-import pickle
 import re
-import tarfile
 
 import numpy as np
 import pytest
@@ -10,49 +8,21 @@ import torch
 from PIL import Image
 from torchvision import datasets, transforms
 
-from helpers import data
+from fakes import CIFAR_LAYOUT, cifar_archive
 from http_server import refusing, serve
+
+from helpers import data
 
 # The authors' configs, typed again so the module's constants are checked rather than reused.
 AUTHORS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
            "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))}
 
-# name -> archive, folder inside it, {split file: train?}, meta file, label key, meta key
-LAYOUT = {
-    "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py",
-                {**{f"data_batch_{i}": True for i in range(1, 6)}, "test_batch": False},
-                "batches.meta", "labels", "label_names"),
-    "cifar100": ("cifar-100-python.tar.gz", "cifar-100-python", {"train": True, "test": False},
-                 "meta", "fine_labels", "fine_label_names"),
-}
+LAYOUT = CIFAR_LAYOUT
 IMAGES_PER_FILE = 12
 
 
 def write_archive(folder, name):
-    """Write `name`'s archive into `folder` as the originals are laid out (str keys, as torchvision
-    reads the Python 2 pickles with latin1); return {train: (uint8 N x 3 x 32 x 32 images, labels)}."""
-    archive, base, files, meta, label_key, meta_key = LAYOUT[name]
-    classes = data.NUM_CLASSES[name]
-    rng = np.random.default_rng(0)
-    (folder / base).mkdir()
-    expected = {True: ([], []), False: ([], [])}
-    for file, train in files.items():
-        rows = rng.integers(0, 256, (IMAGES_PER_FILE, 3072), dtype=np.uint8)
-        labels = rng.integers(0, classes, IMAGES_PER_FILE).tolist()
-        entry = {"batch_label": file, "data": rows, label_key: labels,
-                 "filenames": [f"{file}_{i}.png" for i in range(IMAGES_PER_FILE)]}
-        if name == "cifar100":
-            entry["coarse_labels"] = [label // 5 for label in labels]
-        (folder / base / file).write_bytes(pickle.dumps(entry, protocol=2))
-        expected[train][0].append(rows.reshape(-1, 3, 32, 32))
-        expected[train][1].extend(labels)
-    names = {meta_key: [f"class_{i}" for i in range(classes)]}
-    if name == "cifar100":
-        names["coarse_label_names"] = [f"superclass_{i}" for i in range(20)]
-    (folder / base / meta).write_bytes(pickle.dumps(names, protocol=2))
-    with tarfile.open(folder / archive, "w:gz") as tar:
-        tar.add(folder / base, arcname=base)
-    return {train: (np.concatenate(images), labels) for train, (images, labels) in expected.items()}
+    return cifar_archive(folder, name, IMAGES_PER_FILE)
 
 
 @pytest.fixture(scope="module", params=["cifar10", "cifar100"])

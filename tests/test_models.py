@@ -45,7 +45,16 @@ def test_unknown_names_list_the_known_ones():
         models.create("vit_tiny")
 
 
-def test_summary_prints_name_parameters_and_block_kinds():
-    line = models.summary(["pit_ti"])
-    assert line.split()[:2] == ["pit_ti", "4.58M"]
-    assert "msa:12" in line and "mlp:12" in line and "pool:2" in line
+def test_summary_prints_a_header_and_marks_the_official_weights():
+    header, rule, pit, alternet, footnote = models.summary(["pit_ti", "alternet_50"]).splitlines()
+    assert header.split()[:4] == ["model", "official", "params", "paper"] and set(rule) == {"-"}
+    assert pit.split()[:4] == ["pit_ti", "*", "4.58M", "76.2"]  # official weights, the paper's accuracy
+    assert alternet.split()[:3] == ["alternet_50", "34.06M", "84.0"]  # no official weights: no mark
+    assert "msa:12" in pit and "mlp:12" in pit and "pool:2" in pit and footnote.startswith("*")
+
+
+def test_every_registry_entry_builds_its_model_and_names_a_known_family():
+    for name, entry in models.REGISTRY.items():
+        assert entry.family in ("resnet", "alternet", "vit", "pit", "swin")
+        assert (entry.url is None) == (entry.file is None) and (entry.grid_url is None) == (entry.grid is None)
+    assert set(models.OFFICIAL) == {"resnet_50", "vit_ti", "pit_ti", "swin_ti"}  # the authors' four files
