@@ -1,5 +1,6 @@
-"""helpers.robustness and the CIFAR-100-C section of helpers.data, against hand computations and a fake archive
-in the real layout served from a loopback HTTP server."""
+"""helpers.robustness and the CIFAR-100-C and ImageNet sections of helpers.data, against hand computations, a
+line-by-line transcription of the authors' frequency-band noise, a fake archive in the real layout served from a
+loopback HTTP server, and a small ImageNet-style folder of generated images."""
 import hashlib
 import io
 import math
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from helpers import data, robustness
@@ -341,3 +343,56 @@ def test_two_torchrun_ranks_give_the_table_of_one_process(tmp_path):
         one, two = (pd.read_csv(tmp_path / run / file).sort_values(key).reset_index(drop=True) for run in ("one", "two"))
         assert len(one) == (11 if "cifar" in file else 12)
         pd.testing.assert_frame_equal(one, two, rtol=1e-5)
+
+
+# --- ImageNet --------------------------------------------------------------------------------------------------
+
+# synset -> ImageNet-1k class index (tench, tabby cat, toilet tissue); ImageFolder would number them 0, 1, 2
+SYNSETS = {"n01440764": 0, "n02123045": 281, "n15075141": 999}
+
+
+def imagenet_folder(root, synsets=SYNSETS, per_class=2):
+    """An ImageFolder tree of small random JPEGs and PNGs in real synset folders."""
+    rng = np.random.default_rng(0)
+    for synset in synsets:
+        (root / synset).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (40 + 10 * i, 60, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / synset / f"ILSVRC2012_val_{i}.{'JPEG' if i % 2 else 'png'}")
+    return root
+
+
+def test_imagenet_images_carry_imagenet_1k_labels_and_the_timm_eval_transform(tmp_path):
+    import timm
+    import timm.data
+
+    model = timm.create_model("resnet18", pretrained=False)  # no hub: only its data config is read
+    images = data.imagenet_images(imagenet_folder(tmp_path / "val"), model)
+    assert images.labels.tolist() == [0, 0, 281, 281, 999, 999]
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
+    with Image.open(tmp_path / "val" / "n02123045" / "ILSVRC2012_val_1.JPEG") as image:
+        expected = transform(image.convert("RGB"))
+    image, label = images[3]
+    assert image.shape == (3, 224, 224) and label == 281
+    torch.testing.assert_close(image, expected)
+    assert len(data.imagenet_images(tmp_path / "val", model, n=4)) == 4
+
+
+def test_imagenet_folders_in_another_layout_are_explained(tmp_path):
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (32, 32)).save(flat / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(ValueError, match=r"one folder per ImageNet-1k synset \(n01440764/.*no subfolders"):
+        data.imagenet_images(flat, model)
+    assert data.imagenet_images(flat, model, labelled=False).labels.tolist() == [-1]  # spectra need no labels
+    imagenet_folder(tmp_path / "odd", {"n01440764": 0, "cats": None}, per_class=1)
+    with pytest.raises(ValueError, match=r"\['cats'\] are not ImageNet-1k synsets"):
+        data.imagenet_images(tmp_path / "odd", model)
+    (tmp_path / "empty" / "n01440764").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="No images"):
+        data.imagenet_images(tmp_path / "empty", model)
+    with pytest.raises(FileNotFoundError, match="ImageNet"):
+        data.imagenet_images(tmp_path / "missing", model)
