@@ -79,9 +79,22 @@ def _host_tensor(array, *, pin):
     return tensor
 
 
+def _batches(images, batch_size):
+    """(index of the first image, batch) of an array or tensor, or of a dataset of (image, label) pairs."""
+    if isinstance(images, torch.utils.data.Dataset):
+        start = 0
+        for batch, _ in data.loader(images, batch_size):
+            yield start, batch
+            start += len(batch)
+    else:
+        for start in range(0, len(images), batch_size):
+            yield start, images[start:start + batch_size]
+
+
 @torch.inference_mode()
 def evaluate(model, images, labels, *, batch_size=500, perturb=None, bins=BINS, dataset="cifar100"):
-    """`metrics.Metrics` of `model` on `images` (see `model_input`) with class indices `labels`.
+    """`metrics.Metrics` of `model` on `images` with class indices `labels`. `images` is what `model_input` takes
+    (uint8 images, normalised tensors) or a dataset of (normalised image, label) pairs, e.g. `data.imagenet_images`.
 
     `perturb(inputs, start)` may change each normalised batch (`start`: index of its first image) before the
     model sees it. The model is evaluated in eval mode and left in the mode it was in.
@@ -92,11 +105,11 @@ def evaluate(model, images, labels, *, batch_size=500, perturb=None, bins=BINS, 
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     accumulator = metrics.Accumulator(bins=bins, device=device)  # sums stay on the device: no sync per batch
     with evaluating(model):
-        for start in range(0, len(labels), batch_size):
-            inputs = model_input(images[start:start + batch_size], device, dataset=dataset)
+        for start, batch in _batches(images, batch_size):
+            inputs = model_input(batch, device, dataset=dataset)
             if perturb is not None:
                 inputs = perturb(inputs, start)
-            accumulator.update(model(inputs), labels[start:start + batch_size].to(device, non_blocking=True))
+            accumulator.update(model(inputs), labels[start:start + len(batch)].to(device, non_blocking=True))
     return accumulator.result()
 
 

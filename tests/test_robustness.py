@@ -468,6 +468,29 @@ def test_imagenet_folders_in_another_layout_are_explained(tmp_path):
         data.imagenet_images(tmp_path / "missing", model)
 
 
+def test_the_noise_sweep_runs_on_imagenet_images_at_224(tmp_path):
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False).eval()
+    with torch.no_grad():
+        model.fc.bias[281] = 100.0  # always "tabby cat": accuracy 1/3 with the ImageNet-1k labels, 0 with 0, 1, 2
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    images = data.imagenet_images(imagenet_folder(tmp_path / "val"), model)
+    table = robustness.frequency_noise_sweep(model, images, images.labels, tmp_path / "n.csv", name="resnet18",
+                                             frequencies=(0.1, 0.9), batch_size=4)
+    assert list(table["frequency"]) == [0.0, 0.1, 0.9] and set(table["count"]) == {6}
+    assert list(table["accuracy"]) == pytest.approx([1 / 3] * 3)
+    clean = torch.stack([image for image, _ in images])
+    torch.testing.assert_close(torch.cat(seen[:2]), clean)
+    for batches, f in ((seen[2:4], 0.1), (seen[4:6], 0.9)):
+        noise = (torch.cat(batches) - clean).double()
+        assert noise.shape == (6, 3, 224, 224) and noise.abs().max() > 0.01
+        mask = robustness.authors_band_mask(224, 224, f).bool()
+        mask |= torch.roll(mask.flip(0, 1), (1, 1), dims=(0, 1))
+        assert torch.fft.fft2(noise)[..., ~mask].abs().max() < 1e-3  # the authors' band, at 224 x 224
+
+
 def test_two_torchrun_ranks_give_the_table_of_one_process(tmp_path):
     arrays, labels = fake_arrays(("gaussian_noise", "fog"), n=1, seed=4)
     folder = write_folder(tmp_path / "CIFAR-100-C", arrays, labels)
