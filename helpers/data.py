@@ -1,9 +1,10 @@
-"""CIFAR-10 and CIFAR-100 as the authors prepare them, and synthetic stand-ins for smoke runs.
+"""CIFAR-10 and CIFAR-100 as the authors prepare them, synthetic stand-ins for smoke runs, and ImageNet images.
 
 `dataset(name, root)` gives a split through torchvision's reader (`name` is "cifar10" or "cifar100"),
 downloading it when absent; `test_transform(name)` and `train_transform(name)` are the authors'
 transforms with their normalisation (`MEAN`, `STD`); `loader` batches a dataset; `synthetic(n)` is a
-small dataset of normalised random images of the real shape.
+small dataset of normalised random images of the real shape. `imagenet_images(folder, model)` reads ImageNet
+validation images through a timm model's eval transform, labelled with their ImageNet-1k class indices.
 
 Downloads go to a temporary name that is renamed once verified against the official MD5 (`helpers.download`),
 so an interrupted download never passes for a finished one. A `url` override
@@ -19,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Subset, TensorDataset
 from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import check_integrity, extract_archive
 
 from helpers.common import file_digest
 from helpers.download import DownloadError, download, source
-from helpers.download import (
-    download as fetch,  # for cifar100c, whose `download` flag shadows the name
-)
+from helpers.download import download as fetch  # noqa: I001  (cifar100c's `download` flag shadows the name)
 
 # From the authors' configs/cifar{10,100}_*.yaml (the same in every config of a dataset).
 MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4867, 0.4408)}
@@ -346,3 +347,56 @@ def synthetic_cifar100c(folder, n=4, *, corruptions=ALL_CORRUPTIONS, seed=0):
     for name in corruptions:
         np.save(folder / f"{name}.npy", rng.integers(0, 256, (n * len(SEVERITIES), 32, 32, 3), dtype=np.uint8))
     return CorruptedCIFAR(folder)
+
+
+# --- ImageNet validation images, for timm's ImageNet models (the authors' Fig. 2) --------------------------------
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image `files` as (transformed image, label) pairs; `labels` is the tensor of their labels."""
+
+    def __init__(self, files, labels, transform):
+        self.files, self.labels, self.transform = list(files), torch.as_tensor(labels, dtype=torch.long), transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        with Image.open(self.files[index]) as image:
+            return self.transform(image.convert("RGB")), self.labels[index]
+
+
+def _image_files(folder):
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+
+
+def imagenet_images(folder, model, n=None, *, labelled=True):
+    """The first `n` images of `folder` through `model`'s timm eval transform (resize, centre crop to its input
+    size, 224 for the paper's models, and the normalisation of its data config), as an `ImageFiles` dataset.
+
+    `folder` is an ImageFolder tree of synset folders (`n01440764/ILSVRC2012_val_00000293.JPEG`, ...), read in
+    sorted order. Labels are ImageNet-1k class indices looked up by synset in timm's own metadata
+    (`timm.data.ImageNetInfo`), not ImageFolder's enumeration of the folders present, which is wrong for a partial
+    tree. With `labelled=False` (spectra need no labels) the folder names are not checked, a flat folder of images
+    is read too, and every label is -1.
+    """
+    import timm.data
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No folder of ImageNet validation images at {folder}.")
+    synsets = sorted(p for p in folder.iterdir() if p.is_dir())
+    if labelled:
+        index = {name: i for i, name in enumerate(timm.data.ImageNetInfo().label_names())}  # synset -> class
+        unknown = [p.name for p in synsets if p.name not in index]
+        if not synsets or unknown:
+            found = f"{unknown[:5]} are not ImageNet-1k synsets" if unknown else "it has no subfolders"
+            raise ValueError(f"{folder} must hold one folder per ImageNet-1k synset (n01440764/, n01443537/, ...) "
+                             f"with that class's images inside (the ImageFolder layout); {found}.")
+        pairs = [(file, index[synset.name]) for synset in synsets for file in _image_files(synset)]
+    else:
+        pairs = [(file, -1) for subfolder in (synsets or [folder]) for file in _image_files(subfolder)]
+    if not pairs:
+        raise FileNotFoundError(f"No images in {folder}.")
+    pairs = pairs[:n]
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    return ImageFiles([file for file, _ in pairs], [label for _, label in pairs], transform)

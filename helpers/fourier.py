@@ -18,13 +18,10 @@ The mean of log amplitudes over images is linear, so `spectra` accumulates it ba
 the one-big-batch result. `imagenet_model` / `imagenet_images` (at the end) are the authors' own setting:
 timm's ImageNet-pretrained models on ImageNet validation images.
 """
-from pathlib import Path
-
 import pandas as pd
 import torch
-from PIL import Image
 
-from helpers import models
+from helpers import data, models
 
 EPSILON = 1e-6  # the authors' floor under the amplitude before the log
 
@@ -107,32 +104,7 @@ def imagenet_model(name, *, pretrained=True):
     return timm.create_model(counterpart, pretrained=pretrained).eval()
 
 
-class ImageFiles(torch.utils.data.Dataset):
-    """The JPEG/PNG files of a flat folder, sorted by name, as (image, -1) pairs (no labels)."""
-
-    def __init__(self, folder, transform):
-        self.files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, index):
-        return self.transform(Image.open(self.files[index]).convert("RGB")), -1
-
-
 def imagenet_images(folder, model, n=None):
-    """The first `n` images of `folder` (an ImageFolder tree or a flat folder of JPEGs) with `model`'s timm eval
-    transform (resize, 224 centre crop, the normalisation of its data config)."""
-    import timm.data
-    from torchvision import datasets
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"No folder of ImageNet validation images at {folder}.")
-    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
-    nested = any(p.is_dir() for p in folder.iterdir())
-    images = datasets.ImageFolder(folder, transform) if nested else ImageFiles(folder, transform)
-    if not len(images):
-        raise FileNotFoundError(f"No images in {folder}.")
-    return torch.utils.data.Subset(images, range(min(n or len(images), len(images))))
+    """The first `n` images of `folder` (an ImageFolder tree of synset folders or a flat folder of images) through
+    `model`'s timm eval transform (resize, 224 centre crop, the normalisation of its data config); labels unused."""
+    return data.imagenet_images(folder, model, n, labelled=False)

@@ -1,24 +1,33 @@
-"""Fig. 5 and the CIFAR-100-C results: robustness to common corruptions and to noise of one frequency band.
+"""Fig. 2b and the CIFAR-100-C results: robustness to noise of one frequency band and to common corruptions.
 
+- Fig. 2b (`frequency_noise_sweep`): the accuracy under random noise that holds a single frequency band. As the
+  authors describe it (issue #44 of xxxnell/how-do-vits-work; `Random` and `FreqAttack` in their
+  ops/adversarial.py), the noise is eps * sign(N(0, 1)), eps = 0.7, drawn in the shape of the normalised input,
+  Fourier-transformed, masked to a band, transformed back and added to the normalised images. The paper measures it
+  on ImageNet: pass timm's ImageNet models and `data.imagenet_images(folder, model)` (the model's eval transform,
+  ImageNet-1k labels), and the noise is added at 224 x 224. `accuracy_drop` gives clean minus noisy accuracy.
 - CIFAR-100-C (`corruption_sweep`): accuracy, NLL and ECE (the authors' 10 equal-width confidence bins) of a
   model on the clean CIFAR-100 test set and on each of the 19 corruptions at severities 1 to 5; `corruption_summary` gives
   the means over the 15 standard corruptions and over all 19 as separate columns.
-- Fig. 5 (`frequency_noise_sweep`): the accuracy under random noise that holds a single frequency band. As the
-  authors describe it (issue #44 of xxxnell/how-do-vits-work, and `FreqAttack` in their ops/adversarial.py), the
-  noise is eps * sign(N(0, 1)) with eps = 0.7, drawn in the shape of the normalised input, Fourier-transformed,
-  masked to a square ring of the shifted spectrum, transformed back and added to the normalised images.
-  `accuracy_drop` reports clean accuracy minus noisy accuracy per band.
 
-Two choices differ from the authors' snippet, each pinned by a test: their ring keeps frequencies within
-s = 0.2 rad of the band centre, so bands 0.1 pi apart overlap by about one frequency bin; ours are half-open
-rings of width `bandwidth` (0.1 pi) that tile 0 to pi, so different bands share no frequency and the bands' noises
-add up to the full noise. Their even-sided square is one bin off centre and they keep the real part of the
-result, which halves the boundary frequencies; our ring is symmetric, so the noise is real as it is.
+Frequencies are in units of pi (Nyquist = 1) in arguments and tables; the authors' band centre f is in radians,
+f = frequency * pi. `band` picks the mask:
+
+- "authors" (the default) is their `FreqAttack._fourier_mask`: in the spectrum shifted by their
+  `torch.roll(x, (H/2, W/2))`, the centre square of side int((f + s) H / 2 pi) * 2 minus that of side
+  int((f - s) H / 2 pi) * 2, s = 0.2 rad, so bands 0.1 pi apart overlap. We follow them where they differ from a
+  textbook band: the even-sided squares sit one bin off centre, and keeping the real part of the result halves the
+  frequencies whose mirror image is outside the ring (the noise's spectrum is the sign noise's times
+  (M(k) + M(-k)) / 2); the noise power differs from band to band.
+- "disjoint" (ours) are symmetric half-open square rings `bandwidth` (0.1 pi) wide that tile 0 to pi, so different
+  bands share no frequency. They hold alternately one or two radii (24, 24, 72, 104, 64, ... frequencies at 32 x
+  32), so each image's noise is scaled to RMS eps, the RMS of the unmasked sign noise: every band has equal power.
 
 Images are read as uint8 N x 32 x 32 x 3 batches (memory-mapped for CIFAR-100-C), then moved, converted to
-float N x 3 x 32 x 32 and normalised on the model's device; no per-image PIL step. Each finished unit (a
-corruption at a severity, or a noise band) is one row of a CSV (`helpers.sweep.Sweep`): a rerun skips it and
-`torchrun` splits the units over ranks (`torchrun --nproc-per-node N -m helpers.robustness ...`).
+float N x 3 x 32 x 32 and normalised on the model's device; no per-image PIL step (ImageNet images, of various
+sizes, do go through PIL in a `data.loader`). Each finished unit (a corruption at a severity, or a noise band) is
+one row of a CSV (`helpers.sweep.Sweep`): a rerun skips it and `torchrun` splits the units over ranks
+(`torchrun --nproc-per-node N -m helpers.robustness ...`).
 """
 import argparse
 import math
@@ -34,9 +43,11 @@ from helpers.common import evaluating
 from helpers.sweep import Sweep
 
 BINS = metrics.BINS  # ECE bins: the authors' 10 equal-width bins (ops/tests.py), as everywhere here
-EPSILON = 0.7        # the authors' noise amplitude, in units of the normalised input
-BANDWIDTH = 0.1      # width of a frequency band, in units of pi
-FREQUENCIES = tuple(round(BANDWIDTH * k, 1) for k in range(11))  # band centres 0, 0.1 pi, ..., pi
+EPSILON = 0.7        # eps: the authors' noise amplitude, in units of the normalised input
+BANDS = ("authors", "disjoint")  # the authors' overlapping rings (default); ours, disjoint and at equal power
+SPREAD = 0.2         # s: the authors' band keeps frequencies within f +- s, in radians
+BANDWIDTH = 0.1      # width of a disjoint band, in units of pi
+FREQUENCIES = tuple(round(0.1 * k, 1) for k in range(1, 10))  # Fig. 2b's band centres 0.1 pi, ..., 0.9 pi
 METRICS = ("count", "accuracy", "nll", "ece")
 
 
@@ -68,9 +79,22 @@ def _host_tensor(array, *, pin):
     return tensor
 
 
+def _batches(images, batch_size):
+    """(index of the first image, batch) of an array or tensor, or of a dataset of (image, label) pairs."""
+    if isinstance(images, torch.utils.data.Dataset):
+        start = 0
+        for batch, _ in data.loader(images, batch_size):
+            yield start, batch
+            start += len(batch)
+    else:
+        for start in range(0, len(images), batch_size):
+            yield start, images[start:start + batch_size]
+
+
 @torch.inference_mode()
 def evaluate(model, images, labels, *, batch_size=500, perturb=None, bins=BINS, dataset="cifar100"):
-    """`metrics.Metrics` of `model` on `images` (see `model_input`) with class indices `labels`.
+    """`metrics.Metrics` of `model` on `images` with class indices `labels`. `images` is what `model_input` takes
+    (uint8 images, normalised tensors) or a dataset of (normalised image, label) pairs, e.g. `data.imagenet_images`.
 
     `perturb(inputs, start)` may change each normalised batch (`start`: index of its first image) before the
     model sees it. The model is evaluated in eval mode and left in the mode it was in.
@@ -81,11 +105,11 @@ def evaluate(model, images, labels, *, batch_size=500, perturb=None, bins=BINS, 
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     accumulator = metrics.Accumulator(bins=bins, device=device)  # sums stay on the device: no sync per batch
     with evaluating(model):
-        for start in range(0, len(labels), batch_size):
-            inputs = model_input(images[start:start + batch_size], device, dataset=dataset)
+        for start, batch in _batches(images, batch_size):
+            inputs = model_input(batch, device, dataset=dataset)
             if perturb is not None:
                 inputs = perturb(inputs, start)
-            accumulator.update(model(inputs), labels[start:start + batch_size].to(device, non_blocking=True))
+            accumulator.update(model(inputs), labels[start:start + len(batch)].to(device, non_blocking=True))
     return accumulator.result()
 
 
@@ -98,7 +122,7 @@ def _table(sweep, name, key):
     if table.empty:
         return table
     table = table[table["model"] == name].copy()
-    for column in table.columns.drop(["model", "corruption"], errors="ignore"):
+    for column in table.columns.drop(["model", "corruption", "band"], errors="ignore"):
         table[column] = pd.to_numeric(table[column])
     return table.sort_values(list(key[1:])).reset_index(drop=True)
 
@@ -140,7 +164,33 @@ def corruption_summary(table):
     return pd.DataFrame(rows)
 
 
-# --- Fig. 5: frequency-band noise --------------------------------------------------------------------------------
+# --- Fig. 2b: frequency-band noise ------------------------------------------------------------------------------
+
+def authors_band_mask(height, width, frequency, *, spread=SPREAD):
+    """0/1 float H x W mask, in `torch.fft.fft2`'s (unshifted) layout, of the authors' band at `frequency` (pi units).
+
+    Their `FreqAttack._fourier_mask`: in the spectrum shifted by `torch.roll(x, (H/2, W/2))` (zero frequency at
+    (H/2, W/2)), the centre square of side int((f + s) H / 2 pi) * 2 minus the one of side int((f - s) H / 2 pi) * 2,
+    sides clamped to [0, H], with f = frequency * pi and s = `spread`, both in radians. A square of even side 2d
+    covers the offsets -d, ..., d - 1 from the zero frequency: one bin off centre, as theirs. Rolled back by the
+    same roll, which is its own inverse for even sizes.
+    """
+    if height != width or height % 2:
+        raise ValueError(f"the authors' band needs square images of even size (their mask is built from H alone and "
+                         f"centred by an even padding); got {height} x {width}")
+    f = frequency * math.pi  # their f, in radians
+    outer = _centre_square(int(((f + spread) * height) / (2 * math.pi)) * 2, height)
+    inner = _centre_square(int(((f - spread) * height) / (2 * math.pi)) * 2, height)
+    return torch.roll(outer - inner, (height // 2, width // 2), dims=(0, 1))  # shifted layout -> fft2's
+
+
+def _centre_square(side, size):
+    """size x size zeros with a side x side square of ones (side clamped to [0, size]) padded evenly on all sides."""
+    side = min(max(side, 0), size)
+    square, start = torch.zeros(size, size), (size - side) // 2
+    square[start:start + side, start:start + side] = 1
+    return square
+
 
 def band_mask(height, width, frequency, *, bandwidth=BANDWIDTH):
     """Boolean H x W mask, in `torch.fft.fft2`'s (unshifted) layout, of the frequencies whose Chebyshev radius
@@ -154,49 +204,70 @@ def band_mask(height, width, frequency, *, bandwidth=BANDWIDTH):
     return (radius >= frequency - bandwidth / 2 - tolerance) & (radius < frequency + bandwidth / 2 - tolerance)
 
 
-def band_limited_noise(shape, frequency, *, epsilon=EPSILON, bandwidth=BANDWIDTH, generator=None, device="cpu"):
-    """epsilon * sign(N(0, 1)) noise of `shape` (..., H, W) with every frequency outside the band removed."""
+def band_limited_noise(shape, frequency, *, band="authors", epsilon=EPSILON, bandwidth=BANDWIDTH, generator=None,
+                       device="cpu"):
+    """The authors' noise epsilon * sign(N(0, 1)) of `shape` (N, C, H, W) keeping one band at `frequency` (pi units).
+
+    band="authors": the real part of the sign noise masked to `authors_band_mask`, as their `FreqAttack`.
+    band="disjoint": the sign noise masked to `band_mask` (`bandwidth` wide), then each image's noise (the last three
+    dimensions) scaled to RMS `epsilon`, that of the unmasked sign noise, so that every band has the same power.
+    """
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {BANDS}; got {band!r}")
     noise = epsilon * torch.randn(shape, generator=generator, device=device).sign()
-    mask = band_mask(*shape[-2:], frequency, bandwidth=bandwidth).to(device)
-    return torch.fft.ifft2(torch.fft.fft2(noise) * mask).real  # the mask is symmetric: the imaginary part is ~0
+    height, width = shape[-2:]
+    if band == "authors":
+        mask = authors_band_mask(height, width, frequency).to(device)
+        return torch.fft.ifft2(torch.fft.fft2(noise) * mask).real  # their real part: an asymmetric ring
+    mask = band_mask(height, width, frequency, bandwidth=bandwidth).to(device)
+    if not mask.any():
+        raise ValueError(f"no frequency of a {height} x {width} image is in the band {frequency} +- {bandwidth / 2} pi")
+    noise = torch.fft.ifft2(torch.fft.fft2(noise) * mask).real  # the mask is symmetric: the imaginary part is ~0
+    rms = noise.pow(2).mean(dim=(-3, -2, -1), keepdim=True).sqrt()  # one per image
+    return noise * (epsilon / rms.clamp_min(torch.finfo(noise.dtype).tiny))
 
 
 def _noise_seed(seed, frequency, start):
     return (seed * 1_000_003 + round(frequency * 1000)) * 1_000_003 + start
 
 
-def frequency_noise_sweep(model, images, labels, path, *, name, frequencies=FREQUENCIES, epsilon=EPSILON,
-                          bandwidth=BANDWIDTH, seed=0, batch_size=500, bins=BINS):
-    """Evaluate `model` on `images` with noise of each frequency band added (rows epsilon, frequency) and
-    without (the row epsilon = 0, frequency = 0), one CSV row each in `path`; returns this model's rows so far.
+def frequency_noise_sweep(model, images, labels, path, *, name, band="authors", frequencies=FREQUENCIES,
+                          epsilon=EPSILON, bandwidth=BANDWIDTH, seed=0, batch_size=500, bins=BINS):
+    """Evaluate `model` on `images` (anything `evaluate` takes, e.g. `data.imagenet_images`) with `band`'s noise at
+    each of `frequencies` (units of pi) added (rows band, epsilon, frequency) and without (the row band,
+    epsilon = 0, frequency = 0), one CSV row each in `path`; returns this model's rows of this band so far.
 
-    The noise of a batch depends only on (seed, frequency, index of its first image), so reruns and ranks agree.
+    The noise is drawn in the shape of each normalised batch (224 x 224 for timm's ImageNet models). The noise of
+    a batch depends only on (seed, frequency, index of its first image), so reruns, ranks and bands agree.
     """
-    key = ("model", "epsilon", "frequency")
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {BANDS}; got {band!r}")
+    key = ("model", "band", "epsilon", "frequency")
     sweep = Sweep(path, key)
-    units = [{"model": name, "epsilon": 0.0, "frequency": 0.0}]
-    units += [{"model": name, "epsilon": epsilon, "frequency": f} for f in frequencies]
+    units = [{"model": name, "band": band, "epsilon": 0.0, "frequency": 0.0}]
+    units += [{"model": name, "band": band, "epsilon": epsilon, "frequency": f} for f in frequencies]
     for unit in tqdm(sweep.todo(units), desc=f"{name} noise", leave=False):
         def perturb(inputs, start, unit=unit):
             if unit["epsilon"] == 0:
                 return inputs
             generator = torch.Generator(inputs.device).manual_seed(_noise_seed(seed, unit["frequency"], start))
-            return inputs + band_limited_noise(inputs.shape, unit["frequency"], epsilon=unit["epsilon"],
+            return inputs + band_limited_noise(inputs.shape, unit["frequency"], band=band, epsilon=unit["epsilon"],
                                                bandwidth=bandwidth, generator=generator, device=inputs.device)
         sweep.add(_row(unit, evaluate(model, images, labels, batch_size=batch_size, perturb=perturb, bins=bins)))
-    return _table(sweep, name, key)
+    table = _table(sweep, name, key)
+    return table[table["band"] == band].reset_index(drop=True) if len(table) else table
 
 
 def accuracy_drop(table):
-    """Per model and noisy band: clean accuracy (the epsilon = 0 row) minus accuracy under the noise."""
+    """Per model, band and noisy frequency: clean accuracy (the epsilon = 0 row) minus accuracy under the noise."""
     rows = []
-    for name, group in table.groupby("model", sort=False):
+    for (name, band), group in table.groupby(["model", "band"], sort=False):
         clean = group.loc[group["epsilon"] == 0, "accuracy"]
         noisy = group[group["epsilon"] != 0]
-        rows += [{"model": name, "epsilon": r.epsilon, "frequency": r.frequency,
+        rows += [{"model": name, "band": band, "epsilon": r.epsilon, "frequency": r.frequency,
                   "accuracy_drop": (clean.iloc[0] if len(clean) else math.nan) - r.accuracy}
                  for r in noisy.itertuples()]
-    return pd.DataFrame(rows, columns=["model", "epsilon", "frequency", "accuracy_drop"])
+    return pd.DataFrame(rows, columns=["model", "band", "epsilon", "frequency", "accuracy_drop"])
 
 
 # --- command line: torchrun --nproc-per-node N -m helpers.robustness ... ----------------------------------------
@@ -204,7 +275,7 @@ def accuracy_drop(table):
 def main(argv=None):
     from helpers import checkpoints, pick_device
 
-    parser = argparse.ArgumentParser(description="CIFAR-100-C and frequency-noise sweeps (Fig. 5), resumable.")
+    parser = argparse.ArgumentParser(description="CIFAR-100-C and frequency-noise sweeps (Fig. 2b), resumable.")
     parser.add_argument("--models", nargs="+", default=["resnet_50", "vit_ti"])
     parser.add_argument("--sweeps", nargs="+", choices=["corruptions", "noise"], default=["corruptions", "noise"])
     parser.add_argument("--data-root", default="data")
@@ -212,6 +283,7 @@ def main(argv=None):
     parser.add_argument("--checkpoint-root", default="checkpoints")
     parser.add_argument("--results", default="results")
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--band", choices=BANDS, default="authors", help="the noise's band (see the module)")
     parser.add_argument("--smoke", action="store_true", help="fresh weights (seed 0) and synthetic clean images")
     args = parser.parse_args(argv)
 
@@ -231,7 +303,7 @@ def main(argv=None):
                              name=name, corruptions=corrupted.corruptions, batch_size=args.batch_size)
         if "noise" in args.sweeps:
             frequency_noise_sweep(model, clean_images, clean_labels, results / "robustness_frequency_noise.csv",
-                                  name=name, batch_size=args.batch_size)
+                                  name=name, band=args.band, batch_size=args.batch_size)
 
 
 if __name__ == "__main__":
