@@ -11,6 +11,7 @@ so an interrupted download never passes for a finished one. A `url` override
 (a mirror, or the tests' loopback server) cannot match the official MD5s, so its archive and files are
 accepted by structure: the archive holds, and extracts to, every file the reader expects.
 """
+import copy
 import hashlib
 import os
 import shutil
@@ -227,13 +228,22 @@ class CorruptedCIFAR:
         self._labels = np.load(labels, mmap_mode="r")
         if len(self._labels) % len(SEVERITIES):
             raise ValueError(f"{labels} has {len(self._labels)} rows, not a multiple of {len(SEVERITIES)} severities")
-        self.per_severity = len(self._labels) // len(SEVERITIES)
+        self.per_severity = self.available = len(self._labels) // len(SEVERITIES)
         self.corruptions = tuple(name for name in ALL_CORRUPTIONS if (self.folder / f"{name}.npy").is_file())
+
+    def first(self, n):
+        """The same folder, reading only the first `n` images of each severity."""
+        if not 1 <= n <= self.available:
+            raise ValueError(f"{self.folder} holds {self.available} images per severity, not {n}")
+        subset = copy.copy(self)
+        subset.per_severity = n
+        return subset
 
     def _rows(self, severity):
         if severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, not {severity!r}")
-        return slice(self.per_severity * (severity - 1), self.per_severity * severity)
+        start = self.available * (severity - 1)
+        return slice(start, start + self.per_severity)
 
     def images(self, corruption, severity):
         """The images of `corruption` at `severity` (the severity-th fifth of the file's rows), not yet read."""
@@ -259,8 +269,8 @@ class CorruptedCIFAR:
                 head = f.read(1 << 20)
                 f.seek(max(path.stat().st_size - (1 << 20), 0))
                 digest.update(f"{name} {path.stat().st_size}".encode() + head + f.read())
-        return {"kind": "cifar-c", "size": len(self._labels), "corruptions": len(self.corruptions),
-                "digest": digest.hexdigest()[:16]}
+        return {"kind": "cifar-c", "size": len(self._labels), "per_severity": self.per_severity,
+                "corruptions": len(self.corruptions), "digest": digest.hexdigest()[:16]}
 
 
 def _check_members(tar, target):

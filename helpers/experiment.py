@@ -72,7 +72,8 @@ class Experiment:
         for field in dataclasses.fields(self):
             value, meta = getattr(self, field.name), field.metadata
             problem = type_problem(value, hints[field.name])
-            if problem is None and meta.get("choices") and value not in meta["choices"]:
+            values = value if isinstance(value, (list, tuple)) else [value]  # a list: each item is a choice
+            if problem is None and meta.get("choices") and value is not None and not set(values) <= set(meta["choices"]):
                 problem = f"must be one of {', '.join(map(repr, meta['choices']))}"
             if problem is None and meta.get("check"):
                 problem = meta["check"](value)

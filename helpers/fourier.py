@@ -15,13 +15,13 @@ The authors measured Fig. 2a and Fig. 8 on ImageNet (224 x 224 inputs, 56 x 56 t
 deeper stages' maps are 8 x 8 and 4 x 4, whose "highest frequency" is much lower (the table keeps each map's `size`).
 
 The mean of log amplitudes over images is linear, so `spectra` accumulates it batch by batch and gives exactly
-the one-big-batch result. `imagenet_model` / `imagenet_images` (at the end) are the authors' own setting:
-timm's ImageNet-pretrained models on ImageNet validation images.
+the one-big-batch result. `imagenet_images` (at the end) and `helpers.models.imagenet_model` are the authors' own
+setting: timm's ImageNet-pretrained models on ImageNet validation images.
 """
 import pandas as pd
 import torch
 
-from helpers import data, models
+from helpers import data
 
 EPSILON = 1e-6  # the authors' floor under the amplitude before the log
 
@@ -91,18 +91,6 @@ def highest_frequency(table):
 
 
 # The authors' own setting: ImageNet-pretrained timm models on ImageNet validation images (needs the hub)
-
-def imagenet_model(name, *, pretrained=True):
-    """timm's ImageNet-1k counterpart of registry model `name` (its entry's `imagenet`, e.g. `vit_ti` ->
-    `vit_tiny_patch16_224`), pretrained (downloaded from the hub) unless `pretrained=False`, in eval mode."""
-    import timm
-
-    counterpart = models.entry(name).imagenet
-    if counterpart is None:
-        having = [n for n, e in models.REGISTRY.items() if e.imagenet]
-        raise ValueError(f"No ImageNet-pretrained timm model stands for {name!r}; choose one of: {', '.join(having)}.")
-    return timm.create_model(counterpart, pretrained=pretrained).eval()
-
 
 def imagenet_images(folder, model, n=None):
     """The first `n` images of `folder` (an ImageFolder tree of synset folders or a flat folder of images) through

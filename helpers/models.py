@@ -97,6 +97,18 @@ def create(name, num_classes=100, **kw):
     return model_entry.builder(num_classes=num_classes, **kw)
 
 
+def imagenet_model(name, *, pretrained=True):
+    """timm's ImageNet-1k counterpart of `name` (its entry's `imagenet`, e.g. `vit_ti` -> `vit_tiny_patch16_224`),
+    pretrained (downloaded from timm's hub) unless `pretrained=False`, in eval mode: the authors' ImageNet settings."""
+    import timm
+
+    counterpart = entry(name).imagenet
+    if counterpart is None:
+        having = [n for n, e in REGISTRY.items() if e.imagenet]
+        raise ValueError(f"No ImageNet-pretrained timm model stands for {name!r}; choose one of: {', '.join(having)}.")
+    return timm.create_model(counterpart, pretrained=pretrained).eval()
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from helpers import fourier
+from helpers import fourier, models
 from helpers.blocks import Block, Blocks
 
 
@@ -106,8 +106,8 @@ def test_bad_input_is_explained():
         fourier.relative_log_amplitude(torch.randn(1, 1, 4, 6))
     with pytest.raises(ValueError, match="No images"):
         fourier.spectra(toy_blocks(blur), [])
-    with pytest.raises(ValueError, match="alternet_50"):
-        fourier.imagenet_model("alternet_50")
+    with pytest.raises(ValueError, match="No ImageNet-pretrained timm model stands for 'alternet_50'"):
+        models.imagenet_model("alternet_50")
 
 
 @pytest.mark.parametrize("nested", [False, True])

@@ -19,26 +19,19 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from helpers import data, robustness
+from fakes import cifar100c_arrays, cifar100c_folder
 from http_server import refusing, serve
+
+from helpers import data, robustness
+from helpers.noise import authors_band_mask, band_limited_noise, band_mask
+from helpers.sweep import Table
 
 PER_SEVERITY = 2  # images per severity in the fake archive
 
 
 # --- a fake CIFAR-100-C --------------------------------------------------------------------------------------------
 
-def fake_arrays(corruptions=data.ALL_CORRUPTIONS, n=PER_SEVERITY, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = np.tile(rng.integers(0, 100, n), 5).astype(np.int64)
-    return {name: rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8) for name in corruptions}, labels
-
-
-def write_folder(folder, arrays, labels):
-    folder.mkdir(parents=True)
-    np.save(folder / "labels.npy", labels)
-    for name, images in arrays.items():
-        np.save(folder / f"{name}.npy", images)
-    return folder
+fake_arrays, write_folder = cifar100c_arrays, cifar100c_folder
 
 
 def write_tar(path, folder, extra=()):
@@ -77,7 +70,8 @@ def test_download_checks_the_md5_then_reads_severities_from_memory_maps(mirror, 
     arrays, labels = fake
     monkeypatch.setattr(data, "CIFAR100C_MD5", md5(mirror / "CIFAR-100-C.tar"))
     with serve(mirror) as base:
-        corrupted = data.cifar100c(tmp_path, url=f"{base}/CIFAR-100-C.tar")
+        monkeypatch.setattr(data, "CIFAR100C_URL", f"{base}/CIFAR-100-C.tar")  # the official location, served here
+        corrupted = data.cifar100c(tmp_path)
     assert corrupted.corruptions == data.ALL_CORRUPTIONS
     for name in ("gaussian_noise", "saturate"):
         for severity in data.SEVERITIES:
@@ -91,15 +85,30 @@ def test_download_checks_the_md5_then_reads_severities_from_memory_maps(mirror, 
         assert data.cifar100c(tmp_path, url=f"{base}/CIFAR-100-C.tar").per_severity == PER_SEVERITY
 
 
-def test_a_wrong_checksum_fails_before_anything_is_extracted(mirror, tmp_path):
+def test_a_wrong_checksum_fails_before_anything_is_extracted(mirror, tmp_path, monkeypatch):
+    monkeypatch.delenv("VITS_MIRROR", raising=False)
     with serve(mirror) as base:
+        monkeypatch.setattr(data, "CIFAR100C_URL", f"{base}/CIFAR-100-C.tar")
         with pytest.raises(RuntimeError, match="does not match the MD5 11f0ed0f"):
-            data.cifar100c(tmp_path, url=f"{base}/CIFAR-100-C.tar")
+            data.cifar100c(tmp_path)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "CIFAR-100-C.tar").write_bytes((mirror / "CIFAR-100-C.tar").read_bytes())  # put there by hand
     with pytest.raises(RuntimeError, match="does not match the MD5.*delete it"):
         data.cifar100c(tmp_path, download=False)
     assert [p.name for p in tmp_path.iterdir()] == ["CIFAR-100-C.tar"]
+
+
+def test_a_mirror_is_checked_by_its_members(mirror, fake, tmp_path):
+    with serve(mirror) as base:  # a mirror's copy need not be byte-identical: its layout is checked instead
+        corrupted = data.cifar100c(tmp_path / "a", mirror=base)
+    assert corrupted.corruptions == data.ALL_CORRUPTIONS and corrupted.per_severity == PER_SEVERITY
+    arrays, labels = fake
+    partial = tmp_path / "partial"
+    write_tar(partial / "CIFAR-100-C.tar", write_folder(partial / "build" / "CIFAR-100-C",
+                                                        {"fog": arrays["fog"]}, labels))
+    with serve(partial) as base, pytest.raises(RuntimeError, match="is not CIFAR-100-C: it lacks CIFAR-100-C/brightness"):
+        data.cifar100c(tmp_path / "b", mirror=base)
+    assert not (tmp_path / "b" / "CIFAR-100-C.tar").exists()
 
 
 @pytest.mark.parametrize("member", [("CIFAR-100-C/../../evil.txt", tarfile.REGTYPE), ("/tmp/evil.txt", tarfile.REGTYPE),
@@ -230,7 +239,7 @@ def test_the_default_band_is_the_authors_freq_attack(size):
         torch.manual_seed(0)
         xs_adv = authors_random(xs, 0.7)
         theirs = xs + authors_fourier_mask(xs_adv - xs, k / 10 * math.pi).real  # FreqAttack.__call__, f = k pi / 10
-        noise = robustness.band_limited_noise(xs.shape, k / 10, generator=torch.Generator().manual_seed(0))
+        noise = band_limited_noise(xs.shape, k / 10, generator=torch.Generator().manual_seed(0))
         assert noise.abs().max() > 0.01
         torch.testing.assert_close(xs + noise, theirs, rtol=0, atol=1e-5)
     assert robustness.FREQUENCIES == tuple(k / 10 for k in range(1, 10))
@@ -246,17 +255,17 @@ def square(d, size=32):
 def test_the_authors_band_is_one_bin_off_centre_and_its_real_part_halves_unpaired_frequencies():
     # int((f +- 0.2) 32 / 2 pi) at f = 0.1 pi: 2, 0; at 0.5 pi: 9, 6; at 0.9 pi: 15, 13 (half the squares' sides)
     for frequency, (outer, inner) in ((0.1, (2, 0)), (0.5, (9, 6)), (0.9, (15, 13))):
-        mask = robustness.authors_band_mask(32, 32, frequency)
+        mask = authors_band_mask(32, 32, frequency)
         assert np.array_equal(torch.fft.fftshift(mask).numpy(), square(outer) & ~square(inner))
     sign = 0.7 * torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)).sign()
-    noise = robustness.band_limited_noise(sign.shape, 0.5, generator=torch.Generator().manual_seed(2))
-    mask = robustness.authors_band_mask(32, 32, 0.5).double()
+    noise = band_limited_noise(sign.shape, 0.5, generator=torch.Generator().manual_seed(2))
+    mask = authors_band_mask(32, 32, 0.5).double()
     mirrored = torch.roll(mask.flip(0, 1), (1, 1), dims=(0, 1))  # entry k holds mask(-k)
     assert ((mask + mirrored) == 1).any()  # frequencies whose mirror image is outside the ring ...
     torch.testing.assert_close(torch.fft.fft2(noise.double()), torch.fft.fft2(sign.double()) * (mask + mirrored) / 2,
                                rtol=0, atol=1e-4)  # ... keep half their amplitude
     with pytest.raises(ValueError, match="square images of even size"):
-        robustness.band_limited_noise((1, 3, 31, 31), 0.5)
+        band_limited_noise((1, 3, 31, 31), 0.5)
 
 
 def expected_radii(k, size=32):
@@ -269,7 +278,7 @@ ALL_BANDS = tuple(k / 10 for k in range(11))  # 0, 0.1 pi, ..., pi: the disjoint
 
 
 def test_disjoint_band_masks_are_square_rings_that_tile_the_spectrum():
-    masks = [robustness.band_mask(32, 32, f) for f in ALL_BANDS]
+    masks = [band_mask(32, 32, f) for f in ALL_BANDS]
     offsets = np.arange(-16, 16)  # the shifted spectrum: zero frequency at index 16
     chebyshev = np.maximum(*np.meshgrid(np.abs(offsets), np.abs(offsets), indexing="ij"))
     for k, mask in enumerate(masks):
@@ -286,9 +295,9 @@ def test_disjoint_noise_keeps_its_band_at_equal_power_per_image():
     shape, epsilon = (16, 3, 32, 32), 0.7
     full = epsilon * torch.randn(shape, generator=torch.Generator().manual_seed(1)).sign()
     for f in ALL_BANDS:
-        noise = robustness.band_limited_noise(shape, f, band="disjoint", epsilon=epsilon,
+        noise = band_limited_noise(shape, f, band="disjoint", epsilon=epsilon,
                                               generator=torch.Generator().manual_seed(1))
-        mask = robustness.band_mask(32, 32, f)
+        mask = band_mask(32, 32, f)
         spectrum = torch.fft.fft2(noise.double())
         assert spectrum[..., ~mask].abs().pow(2).sum() / spectrum.abs().pow(2).sum() < 1e-12  # float32 round-off
         rms = noise.double().pow(2).mean(dim=(1, 2, 3)).sqrt()
@@ -297,7 +306,7 @@ def test_disjoint_noise_keeps_its_band_at_equal_power_per_image():
         torch.testing.assert_close(noise.double(), projection * epsilon / projection.pow(2).mean(dim=(1, 2, 3),
                                    keepdim=True).sqrt(), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="band must be one of"):
-        robustness.band_limited_noise(shape, 0.5, band="textbook")
+        band_limited_noise(shape, 0.5, band="textbook")
 
 
 # --- sweeps --------------------------------------------------------------------------------------------------------
@@ -336,7 +345,7 @@ def test_corruption_sweep_rows_are_each_severity_evaluated_alone(folder, tmp_pat
     corrupted, arrays, labels = folder
     clean_images, clean_labels = clean_set()
     model = Counting()
-    table = robustness.corruption_sweep(model, corrupted, clean_images, clean_labels, tmp_path / "c.csv", name="m",
+    table = robustness.corruption_sweep(model, corrupted, clean_images, clean_labels, corruption_table(tmp_path / "c"),
                                         corruptions=CORRUPTIONS, batch_size=2)
     assert len(table) == 1 + 3 * 5
     for row in table.itertuples():
@@ -349,19 +358,26 @@ def test_corruption_sweep_rows_are_each_severity_evaluated_alone(folder, tmp_pat
         assert row.nll == pytest.approx(expected.nll, rel=1e-6)
 
 
+def corruption_table(folder):
+    return Table(folder, ("corruption", "severity"))
+
+
 def test_an_interrupted_sweep_resumes_to_the_uninterrupted_table(folder, tmp_path):
     corrupted, _, _ = folder
     clean_images, clean_labels = clean_set()
-    run = dict(name="m", corruptions=CORRUPTIONS, batch_size=2)
-    whole = robustness.corruption_sweep(Counting(), corrupted, clean_images, clean_labels, tmp_path / "a.csv", **run)
+    run = dict(corruptions=CORRUPTIONS, batch_size=2, progress=False)
+    whole = robustness.corruption_sweep(Counting(), corrupted, clean_images, clean_labels,
+                                        corruption_table(tmp_path / "a"), **run)
     with pytest.raises(KeyboardInterrupt):
-        robustness.corruption_sweep(Counting(fail_at=20), corrupted, clean_images, clean_labels, tmp_path / "b.csv", **run)
+        robustness.corruption_sweep(Counting(fail_at=20), corrupted, clean_images, clean_labels,
+                                    corruption_table(tmp_path / "b"), **run)
     model = Counting()
-    resumed = robustness.corruption_sweep(model, corrupted, clean_images, clean_labels, tmp_path / "b.csv", **run)
+    resumed = robustness.corruption_sweep(model, corrupted, clean_images, clean_labels,
+                                          corruption_table(tmp_path / "b"), **run)
     assert 0 < model.calls < 3 + 15 * 2  # only the units left were run
     pd.testing.assert_frame_equal(resumed, whole)
     model = Counting()
-    robustness.corruption_sweep(model, corrupted, clean_images, clean_labels, tmp_path / "b.csv", **run)
+    robustness.corruption_sweep(model, corrupted, clean_images, clean_labels, corruption_table(tmp_path / "b"), **run)
     assert model.calls == 0
 
 
@@ -381,35 +397,39 @@ def test_corruption_summary_means_over_15_and_over_19():
     assert math.isnan(partial["accuracy_19"]) and partial["accuracy_15"] == pytest.approx(0.47)
 
 
+def noise_table(folder):
+    return Table(folder, ("epsilon", "frequency"))
+
+
 def test_frequency_noise_sweep_adds_each_bands_noise_and_reports_the_drop(tmp_path):
     images, labels = lookup_images(4), LABELS
     frequencies = (0.1, 0.5, 0.9)
     clean = robustness.model_input(images, torch.device("cpu"))
     tables = {}
-    for band in ("authors", "disjoint"):  # one file holds both bands apart
+    for band in ("authors", "disjoint"):  # each band is its own definition, so its own table
         model = Lookup(torch.tensor(PROBABILITIES).log())
-        tables[band] = table = robustness.frequency_noise_sweep(model, images, labels, tmp_path / "n.csv", name="m",
+        tables[band] = table = robustness.frequency_noise_sweep(model, images, labels, noise_table(tmp_path / band),
                                                                 band=band, frequencies=frequencies, batch_size=4)
-        assert [tuple(r) for r in table[["band", "epsilon", "frequency"]].itertuples(index=False)] == [
-            (band, 0.0, 0.0), (band, 0.7, 0.1), (band, 0.7, 0.5), (band, 0.7, 0.9)]
+        assert [tuple(r) for r in table[["epsilon", "frequency"]].itertuples(index=False)] == [
+            (0.0, 0.0), (0.7, 0.1), (0.7, 0.5), (0.7, 0.9)]
         torch.testing.assert_close(model.seen[0], clean)
         for seen, f in zip(model.seen[1:], frequencies):
             noise = (seen - clean).double()
             if band == "authors":
-                mask = robustness.authors_band_mask(32, 32, f).bool()
+                mask = authors_band_mask(32, 32, f).bool()
                 mask |= torch.roll(mask.flip(0, 1), (1, 1), dims=(0, 1))  # the real part keeps mirror images too
             else:
-                mask = robustness.band_mask(32, 32, f)
+                mask = band_mask(32, 32, f)
                 rms = noise.pow(2).mean(dim=(1, 2, 3)).sqrt()
                 torch.testing.assert_close(rms, torch.full_like(rms, 0.7), rtol=0, atol=1e-5)
             assert torch.fft.fft2(noise)[..., ~mask].abs().max() < 1e-4 and noise.abs().max() > 0
-        again = robustness.frequency_noise_sweep(model, images, labels, tmp_path / f"{band}.csv", name="m",
+        again = robustness.frequency_noise_sweep(model, images, labels, noise_table(tmp_path / f"{band}-again"),
                                                  band=band, frequencies=frequencies, batch_size=4)
         torch.testing.assert_close(torch.cat(model.seen[4:]), torch.cat(model.seen[:4]))  # the same noise each run
         pd.testing.assert_frame_equal(again, table)
-    assert len(pd.read_csv(tmp_path / "n.csv")) == 8
-    drop = robustness.accuracy_drop(pd.concat(tables.values(), ignore_index=True))
-    assert list(drop["band"]) == ["authors"] * 3 + ["disjoint"] * 3 and list(drop["frequency"]) == [*frequencies] * 2
+    drop = robustness.accuracy_drop(pd.concat([t.assign(model=band) for band, t in tables.items()],
+                                              ignore_index=True))
+    assert list(drop["model"]) == ["authors"] * 3 + ["disjoint"] * 3 and list(drop["frequency"]) == [*frequencies] * 2
     accuracies = np.concatenate([t["accuracy"].values[1:] for t in tables.values()])
     torch.testing.assert_close(torch.tensor(drop["accuracy_drop"].values), torch.tensor(0.5 - accuracies),
                                rtol=0, atol=1e-12)
@@ -477,7 +497,7 @@ def test_the_noise_sweep_runs_on_imagenet_images_at_224(tmp_path):
     seen = []
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     images = data.imagenet_images(imagenet_folder(tmp_path / "val"), model)
-    table = robustness.frequency_noise_sweep(model, images, images.labels, tmp_path / "n.csv", name="resnet18",
+    table = robustness.frequency_noise_sweep(model, images, images.labels, noise_table(tmp_path / "n"),
                                              frequencies=(0.1, 0.9), batch_size=4)
     assert list(table["frequency"]) == [0.0, 0.1, 0.9] and set(table["count"]) == {6}
     assert list(table["accuracy"]) == pytest.approx([1 / 3] * 3)
@@ -486,21 +506,39 @@ def test_the_noise_sweep_runs_on_imagenet_images_at_224(tmp_path):
     for batches, f in ((seen[2:4], 0.1), (seen[4:6], 0.9)):
         noise = (torch.cat(batches) - clean).double()
         assert noise.shape == (6, 3, 224, 224) and noise.abs().max() > 0.01
-        mask = robustness.authors_band_mask(224, 224, f).bool()
+        mask = authors_band_mask(224, 224, f).bool()
         mask |= torch.roll(mask.flip(0, 1), (1, 1), dims=(0, 1))
         assert torch.fft.fft2(noise)[..., ~mask].abs().max() < 1e-3  # the authors' band, at 224 x 224
 
 
+def stored(results, figure):
+    (folder,) = (Path(results) / "sweeps" / figure).glob("alternet_18-*")
+    key = ("corruption", "severity") if "cifar" in figure else ("epsilon", "frequency")
+    return Table(folder, key).frame().sort_values(list(key)).reset_index(drop=True)
+
+
 def test_two_torchrun_ranks_give_the_table_of_one_process(tmp_path):
-    arrays, labels = fake_arrays(("gaussian_noise", "fog"), n=1, seed=4)
+    arrays, labels = fake_arrays(("gaussian_noise", "fog"), n=8, seed=4)
     folder = write_folder(tmp_path / "CIFAR-100-C", arrays, labels)
-    common = ["--smoke", "--models", "alternet_18", "--cifar100c", str(folder), "--batch-size", "4"]
+    common = ["--models", "alternet_18", "--cifar100c", str(folder), "--images", "4", "--batch-size", "4",
+              "--corruptions", "gaussian_noise", "fog", "--data-root", str(tmp_path / "nothing-downloaded")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    robustness.main([*common, "--results", str(tmp_path / "one")])
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "helpers.robustness",
-                    *common, "--results", str(tmp_path / "two")], check=True, env=env, cwd=Path(__file__).parents[1])
-    for file, key in (("robustness_cifar100c.csv", ["corruption", "severity"]),
-                      ("robustness_frequency_noise.csv", ["epsilon", "frequency"])):
-        one, two = (pd.read_csv(tmp_path / run / file).sort_values(key).reset_index(drop=True) for run in ("one", "two"))
-        assert len(one) == (11 if "cifar" in file else 10)
-        pd.testing.assert_frame_equal(one, two, rtol=1e-5)
+    root = Path(__file__).parents[1]
+    for run, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"])):
+        done = subprocess.run([sys.executable, *launcher, "-m", "helpers.robustness", "--smoke", *common, "--results",
+                               str(tmp_path / run)], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.count("units finished") == 2  # one summary, from rank 0: one line per table
+    for figure, rows in (("robustness_cifar100c", 11), ("robustness_noise", 10)):
+        one, two = stored(tmp_path / "one", figure), stored(tmp_path / "two", figure)
+        assert len(one) == rows
+        pd.testing.assert_frame_equal(one, two)
+
+
+def test_the_real_path_reads_cifar100c_through_its_folder_and_the_images_cap(tmp_path):
+    arrays, labels = fake_arrays(("gaussian_noise",), n=6, seed=4)
+    corrupted = data.CorruptedCIFAR(write_folder(tmp_path / "CIFAR-100-C", arrays, labels)).first(2)
+    assert corrupted.images("gaussian_noise", 3).shape == (2, 32, 32, 3)
+    np.testing.assert_array_equal(corrupted.images("gaussian_noise", 3), arrays["gaussian_noise"][12:14])
+    np.testing.assert_array_equal(corrupted.labels(3), labels[12:14])
+    assert corrupted.fingerprint() != data.CorruptedCIFAR(tmp_path / "CIFAR-100-C").fingerprint()
