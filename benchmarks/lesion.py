@@ -36,7 +36,7 @@ def benchmark(model, batches, *, warm_up):
     sweep, bare, ratios = 0.0, 0.0, []
     for i, unit in enumerate(units):
         functions = {"bare": lambda: bare_pass(model, batches),
-                     "unit": lambda: lesion.lesion_metrics(model, batches, lesion=unit)}
+                     "unit": lambda unit=unit: lesion.lesion_metrics(model, batches, lesion=unit)}
         order = ("bare", "unit") if i % 2 else ("unit", "bare")  # neither always runs first
         seconds = {what: timed(functions[what], device) for what in order}
         sweep, bare = sweep + seconds["unit"], bare + seconds["bare"]

@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from timm.models.pit import PoolingVisionTransformer
-from timm.models.resnet import BasicBlock as TimmBasicBlock, Bottleneck as TimmBottleneck, ResNet as TimmResNet
+from timm.models.resnet import BasicBlock as TimmBasicBlock
+from timm.models.resnet import Bottleneck as TimmBottleneck
+from timm.models.resnet import ResNet as TimmResNet
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 

@@ -1,4 +1,4 @@
-"""Lesion study (Sec. 4, Fig. 11): remove one block at a time and measure what the model loses.
+"""Lesion study (Sec. 4): remove one block at a time and measure what the model loses.
 
 Removing a block drops its residual branch and keeps its shortcut: the block's output becomes `Block.shortcut(x)`
 (identity for a transformer's msa/mlp block; act(shortcut(x)) for a post-activation ResNet block; the skip of

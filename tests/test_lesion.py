@@ -46,7 +46,7 @@ def model(request):
 
 
 def test_a_removed_block_equals_a_model_with_its_branch_zeroed(model):
-    name, net = model
+    _, net = model
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     assert_removal_is_silencing(net, x)
 
@@ -65,7 +65,7 @@ def assert_removal_is_silencing(net, x):
 
 
 def test_removable_blocks_are_the_residual_ones(model):
-    name, net = model
+    _, net = model
     blocks = split(net)
     names = [u["block"] for u in lesions(blocks)]
     assert names == [b.name for b in blocks if b.kind not in NOT_REMOVABLE]
