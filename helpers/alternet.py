@@ -1,10 +1,16 @@
 """AlterNet (Park & Kim 2022, Sec. 4): a pre-activation ResNet whose late Conv blocks alternate with local MSA blocks.
 
-Each stage ends in the pattern Conv, MSA, Conv, MSA, ... (`num_msa_blocks` MSA blocks per stage); an MSA block is
-a pre-activation bottleneck whose 3x3 conv is replaced by windowed self-attention with a learned relative-position
-bias. Module and attribute names follow the original implementation (`layer0.layer0.0.weight`,
-`layer2.3.attn.attn.to_q.weight`, `classifier.0.dense.weight`, ...) so its state_dict keys, in order, are reproduced.
+An MSA block is a pre-activation bottleneck whose 3x3 conv is replaced by windowed self-attention with a learned
+relative-position bias. Where the MSA blocks go is a `Layout`: a set of (stage, index) positions in the baseline
+pre-activation ResNet, named like "c2.3+c3.5+c4.1+c4.3" ("resnet": none). The paper's AlterNets end each stage in
+Conv, MSA, Conv, MSA, ... (`Layout.alternating`); the build-up rule (`helpers.buildup`) searches other layouts.
+Module and attribute names follow the original implementation (`layer0.layer0.0.weight`,
+`layer2.3.attn.attn.to_q.weight`, `classifier.0.dense.weight`, ...) so its state_dict keys, in order, are reproduced;
+with no MSA they are those of the authors' PreResNet (`layer0.0.weight`, ...).
 """
+import re
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 from einops import rearrange
@@ -167,16 +173,20 @@ class AttentionBasicBlock(AttentionBlock):
     expansion = 1
 
 
-class Stem(nn.Module):
+def stem_layers(in_channels, out_channels, pool=False):
     """A bare conv: the first block's pre-activation supplies the BN-ReLU."""
+    if pool:  # ImageNet: 7x7 stride-2 conv and max-pool
+        return nn.Sequential(conv(in_channels, out_channels, kernel_size=7, stride=2),
+                             nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    return nn.Sequential(conv(in_channels, out_channels, kernel_size=3))  # CIFAR: one 3x3 conv, full resolution
+
+
+class Stem(nn.Module):
+    """AlterNet's wrapper around the stem layers (hence `layer0.layer0.0.weight`); PreResNet has them bare."""
 
     def __init__(self, in_channels, out_channels, pool=False):
         super().__init__()
-        if pool:  # ImageNet: 7x7 stride-2 conv and max-pool
-            self.layer0 = nn.Sequential(conv(in_channels, out_channels, kernel_size=7, stride=2),
-                                        nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-        else:  # CIFAR: one 3x3 conv, full resolution
-            self.layer0 = nn.Sequential(conv(in_channels, out_channels, kernel_size=3))
+        self.layer0 = stem_layers(in_channels, out_channels, pool)
 
     def forward(self, x):
         return self.layer0(x)
@@ -198,29 +208,77 @@ class BNGAPClassifier(nn.Module):
 
 # Model
 
+BASELINE = "resnet"  # the name of the layout without MSA blocks
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the MSA blocks are: (stage, index) positions, stages numbered from 1, blocks within a stage from 0.
+    Its `name` lists them in order, "c2.3+c3.5+c4.1+c4.3" ("resnet" for none): readable, and stable as a sweep key."""
+    positions: frozenset = frozenset()
+
+    def __post_init__(self):
+        object.__setattr__(self, "positions", frozenset((int(stage), int(i)) for stage, i in self.positions))
+
+    def __iter__(self):
+        return iter(sorted(self.positions))
+
+    @property
+    def name(self):
+        return "+".join(f"c{stage}.{i}" for stage, i in self) or BASELINE
+
+    def __str__(self):
+        return self.name
+
+    @classmethod
+    def parse(cls, name):
+        if name == BASELINE:
+            return cls()
+        if not re.fullmatch(r"c\d+\.\d+(\+c\d+\.\d+)*", name):
+            raise ValueError(f"{name!r} is not a layout name such as 'c3.5+c4.1+c4.3' or {BASELINE!r}")
+        return cls(tuple(map(int, position[1:].split("."))) for position in name.split("+"))
+
+    @classmethod
+    def alternating(cls, num_blocks, num_msa_blocks):
+        """The paper's AlterNets: stage i's last `2 * num_msa_blocks[i]` blocks alternate Conv, MSA, ..., MSA."""
+        return cls((stage, n - 1 - 2 * k) for stage, (n, n_msa) in enumerate(zip(num_blocks, num_msa_blocks), 1)
+                   for k in range(n_msa))
+
+    def plus(self, stage, index):
+        return Layout(self.positions | {(stage, index)})
+
+
+def check_positions(layout, num_blocks):
+    for stage, i in layout:
+        if not 1 <= stage <= len(num_blocks) or not 0 <= i < num_blocks[stage - 1]:
+            raise ValueError(f"c{stage}.{i} is not a block of stages with {tuple(num_blocks)} blocks")
+        if i == 0:
+            raise ValueError(f"c{stage}.0: the first block of a stage changes channels and stride; it stays a Conv")
+
 
 class AlterNet(nn.Module):
-    """Stage i has `num_blocks[i]` blocks; its last `2 * num_msa_blocks[i]` alternate Conv, MSA, Conv, MSA, ..."""
+    """A pre-activation ResNet with `num_blocks[i]` blocks in stage i + 1, whose blocks at `msa_positions` (a
+    `Layout` or (stage, index) pairs) are MSA blocks with `heads[i]` heads (rule 3: more heads in later stages)."""
 
-    def __init__(self, conv_block, msa_block, num_blocks, num_msa_blocks, heads, num_classes=100, stem=False,
+    def __init__(self, conv_block, msa_block, num_blocks, msa_positions, heads, num_classes=100, stem=False,
                  window_size=4, dim_head=64, sd=0.0, dropout=0.0):
         super().__init__()
-        self.layer0 = Stem(3, 64, pool=stem)
+        self.layout = Layout(msa_positions)
+        check_positions(self.layout, num_blocks)
+        self.layer0 = Stem(3, 64, pool=stem) if self.layout.positions else stem_layers(3, 64, pool=stem)
         rates = iter(stochastic_depths(sum(num_blocks), sd))
         channels = 64
-        for stage, (width, n, n_msa, h) in enumerate(zip((64, 128, 256, 512), num_blocks, num_msa_blocks, heads)):
-            is_msa = [False] * (n - 2 * n_msa) + [False, True] * n_msa
+        for stage, (width, n, h) in enumerate(zip((64, 128, 256, 512), num_blocks, heads), 1):
             blocks = []
-            for i, msa in enumerate(is_msa):
-                stride = 2 if i == 0 and stage > 0 else 1
-                if msa:
+            for i in range(n):
+                if (stage, i) in self.layout.positions:
                     block = msa_block(channels, width, sd=next(rates), heads=h, dim_head=dim_head,
                                       window_size=window_size, dropout=dropout)
                 else:
-                    block = conv_block(channels, width, stride=stride, sd=next(rates))
+                    block = conv_block(channels, width, stride=2 if i == 0 and stage > 1 else 1, sd=next(rates))
                 blocks.append(block)
                 channels = width * type(block).expansion
-            setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
+            setattr(self, f"layer{stage}", nn.Sequential(*blocks))
         self.classifier = nn.Sequential(BNGAPClassifier(channels, num_classes))
 
     def forward(self, x):
@@ -229,26 +287,33 @@ class AlterNet(nn.Module):
         return x
 
 
-# Builders: the paper's AlterNet-50 and what the same recipe gives for other depths.
+# Builders: the paper's AlterNet-50 and what the same recipe gives for other depths. `msa_positions` puts the MSA
+# blocks elsewhere in the same baseline (the build-up rule's variants); `Layout()` gives the bare PreResNet.
 
 HEADS = (3, 6, 12, 24)
 
 
+def alternet(conv_block, msa_block, num_blocks, num_msa_blocks, msa_positions=None, **kw):
+    if msa_positions is None:
+        msa_positions = Layout.alternating(num_blocks, num_msa_blocks)
+    return AlterNet(conv_block, msa_block, num_blocks, msa_positions, HEADS, **kw)
+
+
 def alternet_18(num_classes=100, stem=False, window_size=4, sd=0.0, **kw):
-    return AlterNet(PreActBasicBlock, AttentionBasicBlock, (2, 2, 2, 2), (0, 1, 1, 1), HEADS,
+    return alternet(PreActBasicBlock, AttentionBasicBlock, (2, 2, 2, 2), (0, 1, 1, 1),
                     num_classes=num_classes, stem=stem, window_size=window_size, sd=sd, **kw)
 
 
 def alternet_34(num_classes=100, stem=False, window_size=4, sd=0.0, **kw):
-    return AlterNet(PreActBasicBlock, AttentionBasicBlock, (3, 4, 6, 4), (0, 1, 3, 2), HEADS,
+    return alternet(PreActBasicBlock, AttentionBasicBlock, (3, 4, 6, 4), (0, 1, 3, 2),
                     num_classes=num_classes, stem=stem, window_size=window_size, sd=sd, **kw)
 
 
 def alternet_50(num_classes=100, stem=False, window_size=4, sd=0.0, **kw):
-    return AlterNet(PreActBottleneck, AttentionBlock, (3, 4, 6, 4), (0, 1, 3, 2), HEADS,
+    return alternet(PreActBottleneck, AttentionBlock, (3, 4, 6, 4), (0, 1, 3, 2),
                     num_classes=num_classes, stem=stem, window_size=window_size, sd=sd, **kw)
 
 
 def alternet_101(num_classes=100, stem=False, window_size=4, sd=0.0, **kw):
-    return AlterNet(PreActBottleneck, AttentionBlock, (3, 4, 23, 4), (0, 1, 3, 2), HEADS,
+    return alternet(PreActBottleneck, AttentionBlock, (3, 4, 23, 4), (0, 1, 3, 2),
                     num_classes=num_classes, stem=stem, window_size=window_size, sd=sd, **kw)

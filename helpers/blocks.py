@@ -5,6 +5,8 @@ and whose composition computes exactly `model(x)`. Each `Block` knows its `kind`
 `pool`, `head`), its `name` in the model, whether it `downsamples`, and how its output is laid out, so that
 `Block.to_map` can turn any block's output into a `B, C, H, W` feature map (class tokens dropped). A
 transformer block is two blocks, `x + attn(norm1(x))` (msa) and `x + mlp(norm2(x))` (mlp), as in the paper.
+A residual block (conv, msa, mlp) also knows its `shortcut`: its output with the residual branch removed, which
+the lesion study substitutes for it; embed, pool and head blocks have none (`shortcut is None`).
 
 Supported: our ResNet and AlterNet, timm's ResNet, VisionTransformer, PoolingVisionTransformer (PiT) and
 SwinTransformer, at any size.
@@ -16,6 +18,8 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 from timm.models.pit import PoolingVisionTransformer
+from timm.models.resnet import BasicBlock as TimmBasicBlock
+from timm.models.resnet import Bottleneck as TimmBottleneck
 from timm.models.resnet import ResNet as TimmResNet
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
@@ -28,9 +32,10 @@ LAYOUTS = ("BCHW", "BHWC", "BNC", "logits")  # BNC: tokens, `prefix_tokens` clas
 
 class Block(nn.Module):
     """One step of the model's forward pass. `parts` are registered (so `.parameters()` and `.to()` see them)
-    but shared with the model; `step(x)` is the computation, written in terms of those same modules."""
+    but shared with the model; `step(x)` is the computation, written in terms of those same modules, and so is
+    `shortcut(x)`, a plain function (None for a block without a residual branch)."""
 
-    def __init__(self, kind, name, step, parts, layout, prefix_tokens=0, downsamples=False):
+    def __init__(self, kind, name, step, parts, layout, prefix_tokens=0, downsamples=False, shortcut=None):
         super().__init__()
         if kind not in KINDS or layout not in LAYOUTS:
             raise ValueError(f"kind {kind!r} / layout {layout!r} not in {KINDS} / {LAYOUTS}")
@@ -39,6 +44,7 @@ class Block(nn.Module):
         self.parts = nn.ModuleList(p for p in parts if isinstance(p, nn.Module))
         self.params = nn.ParameterList(p for p in parts if isinstance(p, nn.Parameter))
         self.step = sequential(step) if isinstance(step, nn.Module) else step  # no second registration
+        self.shortcut = shortcut
 
     def forward(self, x):
         return self.step(x)
@@ -133,18 +139,49 @@ def residual(*modules):
     return lambda x: x + inner(x)
 
 
+def identity(x):
+    return x
+
+
 def strided(module):
     return any(m.stride[0] > 1 for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
 # CNNs: a stem, stages of residual blocks, a classifier
 
+def preactivated_skip(module, norm):
+    """AlterNet: the skip of `preactivate` (a projection reads the normalised, activated input, an identity the raw)."""
+    return lambda x: alternet.preactivate(x, norm, module.relu, module.shortcut)[1]
+
+
+def post_activated_skip(shortcut, activation):
+    """Post-activation blocks, ours and timm's: act(branch(x) + shortcut(x)) without the branch."""
+    return sequential(*([] if shortcut is None else [shortcut]), activation)
+
+
+SHORTCUTS = (  # each residual CNN block type -> its output with the residual branch removed
+    ((resnet.BasicBlock, resnet.Bottleneck), lambda m: post_activated_skip(m.shortcut, m.relu)),
+    ((alternet.PreActBasicBlock, alternet.PreActBottleneck), lambda m: preactivated_skip(m, m.bn)),
+    (alternet.AttentionBlock, lambda m: preactivated_skip(m, m.norm1)),
+    (TimmBasicBlock, lambda m: post_activated_skip(m.downsample, m.act2)),
+    (TimmBottleneck, lambda m: post_activated_skip(m.downsample, m.act3)),
+)
+
+
+def shortcut_of(module):
+    for family, shortcut in SHORTCUTS:
+        if isinstance(module, family):
+            return shortcut(module)
+    raise TypeError(f"No shortcut known for a {type(module).__name__} block")
+
+
 def split_residual_stages(model, stem, stem_modules, head_name, head, head_modules):
     blocks = [Block("embed", stem, sequential(*stem_modules), stem_modules, "BCHW")]
     for stage in ("layer1", "layer2", "layer3", "layer4"):
         for i, module in enumerate(getattr(model, stage)):
             kind = "msa" if isinstance(module, alternet.AttentionBlock) else "conv"
-            blocks.append(Block(kind, f"{stage}.{i}", module, [module], "BCHW", downsamples=strided(module)))
+            blocks.append(Block(kind, f"{stage}.{i}", module, [module], "BCHW", downsamples=strided(module),
+                                shortcut=shortcut_of(module)))
     blocks.append(Block("head", head_name, head, head_modules, "logits"))
     return blocks
 
@@ -166,9 +203,9 @@ def transformer_blocks(block, name, layout, prefix_tokens=0):
     attn = getattr(block, "_attn", block.attn)  # Swin's shifted-window partition lives in `_attn`
     return [
         Block("msa", f"{name}.attn", residual(block.norm1, attn, ls1, block.drop_path1),
-              [block.norm1, block.attn, ls1, block.drop_path1], layout, prefix_tokens),
+              [block.norm1, block.attn, ls1, block.drop_path1], layout, prefix_tokens, shortcut=identity),
         Block("mlp", f"{name}.mlp", residual(block.norm2, block.mlp, ls2, block.drop_path2),
-              [block.norm2, block.mlp, ls2, block.drop_path2], layout, prefix_tokens),
+              [block.norm2, block.mlp, ls2, block.drop_path2], layout, prefix_tokens, shortcut=identity),
     ]
 
 
