@@ -12,8 +12,8 @@ intact model's reference row.
 import torch
 
 from helpers.blocks import Block, Blocks, split
+from helpers.common import evaluating
 from helpers.metrics import Accumulator
-from helpers.models import evaluating
 
 
 def as_blocks(model):

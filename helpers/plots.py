@@ -177,7 +177,8 @@ def loss_landscapes(tables, *, clip=42):
     if all(min(z.shape) > 1 for _, _, z in grids.values()):
         fig = plt.figure(figsize=(9, 4 * len(grids)))
         for row, (name, (x, y, z)) in enumerate(grids.items()):
-            z = z - z[np.isfinite(z)].min()
+            finite = z[np.isfinite(z)]
+            z = z - finite.min() if finite.size else np.full_like(z, np.nan)  # all infinite: nothing to draw
             z[~(z <= clip)] = np.nan
             surface = fig.add_subplot(len(grids), 2, 2 * row + 1, projection="3d")
             surface.plot_surface(x, y, z, cmap="plasma", vmin=0, vmax=clip, rcount=len(z), ccount=len(z), linewidth=0)

@@ -1,0 +1,59 @@
+"""A rehearsal of every notebook's real path: smoke=False, the default models and official checkpoint names, every
+download through the mirror setting from a loopback server holding files in the real formats (tests/fakes.py),
+small sizes from the notebooks' own parameters. It takes the code path of a user's first real run."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from fakes import mirror as build_mirror
+from http_server import serve
+
+from helpers import download, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# notebook -> (small sizes of the real path, how the mirror is set: the environment or the `mirror` parameter)
+REHEARSALS = {
+    "fourier_analysis.ipynb": ({"images": 16, "batch_size": 8}, "environment"),
+    "featuremap_variance.ipynb": ({"images": 16, "batch_size": 8}, "parameter"),
+    "losslandscape.ipynb": ({"points": 3, "images": 8, "batch_size": 4, "workers": 0}, "environment"),
+    "robustness.ipynb": ({"images": 4, "batch_size": 4}, "parameter"),
+    "cka.ipynb": ({"examples": 8, "batch_size": 4, "workers": 0}, "environment"),
+    "classification.ipynb": ({"test_images": 8, "images": 8, "batch_size": 8, "epochs": 1, "warmup_epochs": 0,
+                              "eval_batch_size": 8, "workers": 0}, "parameter"),
+}
+
+
+@pytest.fixture(scope="module")
+def mirror_url(tmp_path_factory):
+    with serve(build_mirror(tmp_path_factory.mktemp("mirror"))) as base:
+        yield base
+
+
+def outputs(executed):
+    return "".join(output.get("text", "") for cell in nbformat.read(executed, as_version=4).cells
+                   for output in cell.get("outputs", []))
+
+
+@pytest.mark.parametrize("notebook", sorted(REHEARSALS))
+def test_the_real_path_runs_from_a_mirror(notebook, mirror_url, tmp_path, monkeypatch):
+    sizes, how = REHEARSALS[notebook]
+    parameters = {"smoke": False, "results": str(tmp_path / "results"), "data_root": str(tmp_path / "data"),
+                  "checkpoint_root": str(tmp_path / "checkpoints"), **sizes}
+    if how == "environment":
+        monkeypatch.setenv(download.MIRROR_VARIABLE, mirror_url)  # the kernel inherits it
+    else:
+        monkeypatch.delenv(download.MIRROR_VARIABLE, raising=False)
+        parameters["mirror"] = mirror_url
+    monkeypatch.chdir(tmp_path)
+    executed = run.run(ROOT / notebook, parameters, timeout=900)
+
+    figures = tmp_path / "results"
+    assert executed == figures / notebook and list(figures.glob("*.png")) and list(figures.glob("*.csv"))
+    assert "SMOKE" not in outputs(executed)
+    downloaded = {p.name for p in (tmp_path / "data").rglob("*")} | {p.name for p in (tmp_path / "checkpoints").rglob("*")}
+    assert downloaded & {"cifar-100-python.tar.gz", "vit_ti_cifar100_9857b21357.pth.tar"}  # fetched, from the mirror
+    for definition in (figures / "sweeps").glob("*/*/definition.json"):  # the real path's tables
+        assert json.loads(definition.read_text())["settings"]["smoke"] is False
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.rglob(".*.part"))
