@@ -37,10 +37,10 @@ import torch
 from einops import rearrange
 from torch.utils.data import DataLoader, Subset
 
-from helpers import checkpoints, data, experiment
+from helpers import data, experiment
 from helpers.blocks import Blocks, split
 from helpers.common import pick_device
-from helpers.experiment import Experiment, positive, setting
+from helpers.experiment import Pretrained, positive, setting
 from helpers.sweep import fill
 
 CLASS_TOKEN = ("keep", "drop", "class")
@@ -183,7 +183,7 @@ def cka(model_a, model_b, batches, *, class_token="keep"):
 # The stored sweep: one row per batch, for the notebook and `python -m helpers.cka` alike
 
 @dataclass
-class Config(Experiment):
+class Config(Pretrained):
     """CKA between every pair of blocks of every pair of `models`, on the CIFAR-100 test set."""
     models: list[str] = setting(["vit_ti", "resnet_50"], "models (every pair, and each model with itself, is compared)",
                                 identity=False)
@@ -207,9 +207,7 @@ def test_images(config):
 
 def nets(config, device=None):
     """The split models of `config`, by name, on `device`."""
-    return {name: split(checkpoints.pretrained(name, config.checkpoint_root, path=config.checkpoints.get(name),
-                                               smoke=config.smoke, map_location=device, mirror=config.mirror))
-            for name in config.models}
+    return {name: split(config.pretrained(name, device)) for name in config.models}
 
 
 def run(config, *, progress=True):

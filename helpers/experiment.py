@@ -45,10 +45,6 @@ def positive(value):
     return None if value is None or value >= 1 else "must be at least 1"
 
 
-def unit_interval(value):
-    return None if 0 < value <= 1 else "must be in (0, 1]"
-
-
 @dataclass
 class Experiment:
     """The settings every figure shares."""
@@ -56,13 +52,7 @@ class Experiment:
                           "(meaningless numbers)")
     results: str | None = setting(None, "folder of figures, tables and sweeps (None: results/ in the project "
                                   f"folder, or ${RESULTS_VARIABLE})", identity=False)
-    models: list[str] = setting(["resnet_50", "vit_ti"], "models (python -m helpers.models lists them)",
-                                identity=False)
-    checkpoints: dict[str, str] = setting({}, "model name -> checkpoint file to use instead of the official weights "
-                                          "(e.g. a trained AlterNet)", identity=False)
     data_root: str = setting("data", "folder of the datasets (downloaded there on first use)", identity=False)
-    checkpoint_root: str = setting("checkpoints", "folder of the official checkpoints (downloaded there on first use)",
-                                   identity=False)
     mirror: str | None = setting(None, "base URL or folder holding the official files under their official names, "
                                  "for every download (None: $VITS_MIRROR, else the official locations)",
                                  identity=False)
@@ -79,9 +69,6 @@ class Experiment:
                 problem = meta["check"](value)
             if problem:
                 raise ValueError(f"{field.name}={value!r}: {problem}")
-        if self.smoke and self.checkpoints:
-            raise ValueError(f"checkpoints={self.checkpoints!r}: a smoke run uses fresh weights, so these files would "
-                             "be ignored; drop them, or run without smoke")
 
     @classmethod
     def from_namespace(cls, namespace):
@@ -104,6 +91,31 @@ class Experiment:
     def results_folder(self):
         """The absolute folder of this experiment's figures, tables and sweeps (see `results_folder`)."""
         return results_folder(self.results)
+
+
+@dataclass
+class Pretrained(Experiment):
+    """The settings of a figure of pretrained models: which ones, and where their weights come from."""
+    models: list[str] = setting(["resnet_50", "vit_ti"], "models (python -m helpers.models lists them)",
+                                identity=False)
+    checkpoints: dict[str, str] = setting({}, "model name -> checkpoint file to use instead of the official weights "
+                                          "(e.g. a trained AlterNet)", identity=False)
+    checkpoint_root: str = setting("checkpoints", "folder of the official checkpoints (downloaded there on first use)",
+                                   identity=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.smoke and self.checkpoints:
+            raise ValueError(f"checkpoints={self.checkpoints!r}: a smoke run uses fresh weights, so these files "
+                             "would be ignored; drop them, or run without smoke")
+
+    def pretrained(self, name, device=None):
+        """Model `name` with its weights: official (downloaded, mirror honoured), the file of `checkpoints`, or
+        fresh ones for a smoke run; in eval mode on `device`."""
+        from helpers.checkpoints import pretrained
+
+        return pretrained(name, self.checkpoint_root, path=self.checkpoints.get(name), smoke=self.smoke,
+                          map_location=device, mirror=self.mirror)
 
 
 def type_problem(value, annotation):

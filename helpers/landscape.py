@@ -35,10 +35,10 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from helpers import checkpoints, data, experiment, losses, models
+from helpers import data, experiment, losses, models
 from helpers.common import evaluating, file_digest, pick_device, seeded
 from helpers.download import download, source
-from helpers.experiment import Experiment, positive, setting
+from helpers.experiment import Pretrained, positive, setting
 from helpers.recipes import STRONG
 from helpers.sweep import fill
 
@@ -54,7 +54,7 @@ AUTHORS_SAMPLE = 4992  # 52 batches of 96: the training images behind each publi
 
 
 @dataclass
-class Config(Experiment):
+class Config(Pretrained):
     """Fig. 1a, one landscape per model."""
     points: int = setting(21, "grid points per axis over [-span, span] (1: the centre only)", identity=False,
                           smoke=3, check=positive)
@@ -304,8 +304,7 @@ def run(config, *, progress=True):
 
     outcomes = []
     for name in config.models:
-        model = checkpoints.pretrained(name, config.checkpoint_root, path=config.checkpoints.get(name),
-                                       smoke=config.smoke, map_location=device, mirror=config.mirror)
+        model = config.pretrained(name, device)
         directions = random_directions(model, seed=config.seed, normalization=config.normalization)
         weights = {"model": experiment.weights_digest(model), "directions": directions_digest(directions)}
         table = experiment.table(config, "landscape", name, ("x", "y"), data=data.fingerprint(dataset),

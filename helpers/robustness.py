@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers import checkpoints, data, experiment, metrics, models
+from helpers import data, experiment, metrics, models
 from helpers.common import evaluating, pick_device
-from helpers.experiment import Experiment, positive, setting
+from helpers.experiment import Pretrained, positive, setting
 from helpers.noise import BANDS, BANDWIDTH, band_limited_noise
 from helpers.sweep import fill
 
@@ -191,7 +191,7 @@ def accuracy_drop(table):
 # --- the experiment: the notebook and `python -m helpers.robustness` both call `run` -----------------------------
 
 @dataclass
-class Config(Experiment):
+class Config(Pretrained):
     """CIFAR-100-C and Fig. 2b for each model."""
     sweeps: list[str] = setting(["corruptions", "noise"], "which sweeps to run", identity=False,
                                 choices=("corruptions", "noise"))
@@ -236,8 +236,7 @@ def noise_model_and_images(config, name, device):
     """(model, images, labels) of the noise sweep: the CIFAR-100 model and clean test set, or with `imagenet` timm's
     ImageNet counterpart and that folder's first `images` images."""
     if config.imagenet is None or config.smoke:
-        model = checkpoints.pretrained(name, config.checkpoint_root, path=config.checkpoints.get(name),
-                                       smoke=config.smoke, map_location=device, mirror=config.mirror)
+        model = config.pretrained(name, device)
         return (model, *clean_test_set(config))
     model = models.imagenet_model(name).to(device)  # the registry's counterpart, pretrained from timm's hub
     images = data.imagenet_images(config.imagenet, model, config.images)
@@ -254,8 +253,7 @@ def run(config, *, progress=True):
         fingerprint = {"clean": identity(images, labels), "corrupted": corrupted.fingerprint()}
         names = [c for c in config.corruptions or data.ALL_CORRUPTIONS if c in corrupted.corruptions]
         for name in config.models:
-            model = checkpoints.pretrained(name, config.checkpoint_root, path=config.checkpoints.get(name),
-                                           smoke=config.smoke, map_location=device, mirror=config.mirror)
+            model = config.pretrained(name, device)
             table = experiment.table(config, "robustness_cifar100c", name, ("corruption", "severity"),
                                      data=fingerprint, weights=experiment.weights_digest(model))
             corruption_sweep(model, corrupted, images, labels, table, corruptions=names,

@@ -35,11 +35,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from helpers import checkpoints, data, experiment
+from helpers import data, experiment
 from helpers import models as models_module  # `models` is the name of a Config field
 from helpers.common import Rank, evaluating, pick_device, rank, writing
 from helpers.common import save as save_checkpoint  # atomic; tests patch this name
-from helpers.experiment import Experiment, positive, setting
+from helpers.experiment import Pretrained, positive, setting
 from helpers.metrics import BINS, Accumulator
 from helpers.recipes import RECIPES, STRONG
 
@@ -342,7 +342,7 @@ def train(model, train_set, test_set=None, *, name, recipe=STRONG, dataset="cifa
 # The experiment: the classification notebook and `python -m helpers.train` both read `Config`
 
 @dataclass
-class Config(Experiment):
+class Config(Pretrained):
     """The accuracy table of `models` (official weights or `checkpoints`) and the training of `model`."""
     models: list[str] = setting(["resnet_50", "swin_ti", "pit_ti", "vit_ti"],
                                 "models evaluated with their official weights (or the files of `checkpoints`)",
@@ -396,8 +396,7 @@ def accuracy_table(config, *, progress=True):
     device, (_, test_set) = pick_device(), datasets_of(config)
     rows = []
     for name in config.models + [name for name in config.checkpoints if name not in config.models]:
-        net = checkpoints.pretrained(name, config.checkpoint_root, path=config.checkpoints.get(name),
-                                     smoke=config.smoke, map_location=device, mirror=config.mirror)
+        net = config.pretrained(name, device)
         metrics = evaluate(net, test_set, batch_size=config.eval_batch_size, workers=data.worker_count(config.workers),
                            progress=progress)
         rows.append({"model": name, "paper_accuracy": models_module.entry(name).paper_accuracy, **metrics.row()})

@@ -54,14 +54,16 @@ def test_a_removed_block_equals_a_model_with_its_branch_zeroed(model):
 def assert_removal_is_silencing(net, x):
     units = lesions(net)
     assert units and all(u["kind"] not in NOT_REMOVABLE for u in units)
+    silenced = copy.deepcopy(net)
     with torch.no_grad():
         intact = net(x)
         for unit in units:
-            silenced = copy.deepcopy(net)
+            original = {k: v.clone() for k, v in last_layer(silenced, unit["block"]).state_dict().items()}
             silence(silenced, unit["block"])
             removed = lesioned(net, unit["block"])(x)
             assert torch.equal(removed, silenced(x)), unit["block"]
             assert not torch.equal(removed, intact), unit["block"]  # the branch did contribute
+            last_layer(silenced, unit["block"]).load_state_dict(original)  # one block silenced at a time
 
 
 def test_removable_blocks_are_the_residual_ones(model):
