@@ -113,6 +113,11 @@ class Blocks(nn.Sequential):
         """The normalised depth of each of `layers`: block i of n sits at i / (n - 1), from 0 to 1."""
         return normalized_depth(len(self.layers))
 
+    def stage_ends(self):
+        """Indices in `layers` of the blocks that end a stage: those followed by a subsampling block, and the last."""
+        layers = self.layers
+        return [i for i in range(len(layers)) if i + 1 == len(layers) or layers[i + 1].downsamples]
+
 
 def normalized_depth(n):
     """Block i of n sits at depth i / (n - 1): 0 for the first block, 1 for the last."""

@@ -113,6 +113,22 @@ def map_sizes(ax, blocks, sizes):
         ax.axvline(depths[start - 1], color="dimgray", lw=0.6, ls=":")
 
 
+def lesion_drops(ax, blocks, table, *, column="accuracy_drop"):
+    """The lesion study of one model: `column` of `lesion.drops` (in %) for each removed block against normalised
+    depth, over the kind shading of Fig. 8 and Fig. 9; blocks that cannot be removed (embedding, pooling) are
+    crosses on the zero line, and dashed lines mark the ends of the stages."""
+    removable = table[table.removable]
+    ax.axhline(0, color="black", lw=0.5)
+    for kind, rows in removable.groupby("kind", sort=False):
+        ax.plot(rows.depth, 100 * rows[column], "o", color=KIND_COLORS[kind], label=f"{kind} removed", ms=5)
+    fixed = table[~table.removable]
+    ax.plot(fixed.depth, np.zeros(len(fixed)), "x", color="dimgray", label="not removable")
+    for depth in table[table.stage_end].depth:
+        ax.axvline(depth, color="black", lw=0.8, ls="--")
+    shade_kinds(ax, blocks)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+
+
 def frequency_curves(ax, table, *, leave_out_last=True):
     """Fig. 2a: one Δ log amplitude curve per block of `fourier.relative_log_amplitudes`' table, coloured by
     normalized depth, deepest drawn first. As in the authors' notebook the last block's curve is left out."""
