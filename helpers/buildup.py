@@ -17,10 +17,20 @@ added MSA does not improve predictive performance, replace a Conv block at the e
 
 Each variant is one unit of work: `accuracy(layout)` trains it or reads its stored result, and the sequence of
 layouts depends only on the accuracies returned, so a rerun backed by stored results visits the same layouts.
+`run(Config(...))` is that with training: each variant trained by `helpers.train` with the authors' recipe for a
+budget of epochs, its checkpoint kept and its row stored in a table bound to the definition (baseline, recipe,
+budget, data). The build-up is sequential, so it runs in one process, not under torchrun.
 """
 from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
+import torch
+
+from helpers import data, experiment, models, train
 from helpers.alternet import Layout
+from helpers.common import pick_device, rank
+from helpers.experiment import Experiment, positive, setting
 
 
 @dataclass(frozen=True)
@@ -55,3 +65,106 @@ def build_up(num_blocks, accuracy):
                 best, best_accuracy = layout, score
             previous = Step(layout, score, kept, rule_2, best)
             yield previous
+
+
+# The experiment: `buildup.ipynb` and `python -m helpers.buildup` both call `run`. It trains each variant with the
+# training module (the strong recipe) and keeps its checkpoint and metrics: one stored row per visited layout.
+
+@dataclass
+class Config(Experiment):
+    """The build-up rule from a baseline, each variant trained for the same budget."""
+    baseline: str = setting("alternet_50", "the baseline: blocks per stage and block types of the variants (the "
+                            "authors' animation: AlterNet-50's (3, 4, 6, 4) pre-activation bottlenecks)",
+                            choices=("alternet_18", "alternet_34", "alternet_50", "alternet_101"))
+    dataset: str = setting("cifar100", "the dataset", choices=tuple(data.NUM_CLASSES))
+    recipe: str = setting("strong", "the authors' training recipe", choices=tuple(train.RECIPES))
+    epochs: int = setting(30, "training epochs of each variant after warm-up (the paper: 300)", smoke=1,
+                          check=positive)
+    warmup_epochs: int = setting(1, "warm-up epochs of each variant (the paper: 5)", smoke=0)
+    batch_size: int | None = setting(None, "global batch size (None: the recipe's 96)", smoke=8, check=positive)
+    images: int | None = setting(None, "training images, the first of a seeded shuffle (None: all)", smoke=8,
+                                 check=positive)
+    test_images: int | None = setting(None, "test images evaluated, from the first (None: all)", smoke=16,
+                                      check=positive)
+    eval_batch_size: int = setting(256, "images per evaluation batch", identity=False, check=positive)
+    seed: int = setting(0, "initial weights, data order and augmentations of every variant")
+    workers: int | None = setting(None, "data-loading processes (None: up to 4)", identity=False, smoke=0)
+    folder: str = setting("checkpoints/buildup", "the variants' checkpoints, a folder per definition (a smoke run: "
+                          "RESULTS/smoke/buildup)", identity=False)
+
+
+def stage_sizes(baseline):
+    """Blocks per stage of a registry AlterNet, e.g. (3, 4, 6, 4) for alternet_50."""
+    model = models.create(baseline, msa_positions=Layout())
+    return tuple(len(getattr(model, f"layer{stage}")) for stage in range(1, 5))
+
+
+def train_variant(config, layout, folder, train_set, test_set, *, progress=True):
+    """Train the baseline with MSA blocks at `layout` (resuming its checkpoint in `folder`); its stored row."""
+    recipe = train.RECIPES[config.recipe]
+    torch.manual_seed(config.seed)
+    model = train.build(config.baseline, recipe, data.NUM_CLASSES[config.dataset], msa_positions=layout)
+    log = train.train(model.to(pick_device()), train_set, test_set, name=layout.name, recipe=recipe,
+                      dataset=config.dataset, folder=folder, epochs=config.epochs,
+                      warmup_epochs=config.warmup_epochs, batch_size=config.batch_size, seed=config.seed,
+                      workers=config.workers, progress=progress,
+                      extra={"baseline": config.baseline, "smoke": config.smoke})
+    last = log.iloc[-1]
+    return {"layout": layout.name, "accuracy": float(last.test_accuracy), "nll": float(last.test_nll),
+            "ece": float(last.test_ece), "epochs": int(last.epoch),
+            "checkpoint": str(train.checkpoint_path(folder, layout.name, config.dataset))}
+
+
+def run(config, *, progress=True):
+    """Walk the build-up rule from `config.baseline`, training each variant it visits (or reading its stored
+    row); returns the one `experiment.Outcome`, whose units are the visited layouts in order."""
+    config = config.resolved()
+    if rank().world_size > 1:
+        raise ValueError("the build-up is sequential (each step depends on the accuracies before it): run it in one "
+                         "process; `python -m helpers.train` trains one variant on several GPUs")
+    train_set, test_set = train.datasets_of(config)
+    table = experiment.table(config, "buildup", config.baseline, ("layout",), weights=None,
+                             data={"train": data.fingerprint(train_set), "test": data.fingerprint(test_set)})
+    folder = (config.results_folder() / "smoke" / "buildup" if config.smoke else Path(config.folder)) / table.folder.name
+    stored, visited = {row["layout"]: row for row in table.rows()}, []
+
+    def accuracy(layout):
+        visited.append({"layout": layout.name})
+        if layout.name not in stored:
+            stored[layout.name] = train_variant(config, layout, folder, train_set, test_set, progress=progress)
+            table.add(stored[layout.name])
+        return stored[layout.name]["accuracy"]
+
+    try:
+        for _ in build_up(stage_sizes(config.baseline), accuracy):
+            pass
+    except KeyboardInterrupt:
+        print(f"\nInterrupted: {len(stored)} trained variants are saved in {table.folder}; run the same command "
+              "(or cell) again to resume (an unfinished variant resumes from its last epoch).", flush=True)
+        raise
+    return [experiment.Outcome(config.baseline, table, visited)]
+
+
+def steps(outcome, baseline):
+    """The figure's table of a finished build-up: one row per visited layout, in order, with its accuracy, NLL, the
+    number of MSAs, the layout it was built on (`parent`), whether it was kept, whether rule 2 led there."""
+    rows = {row["layout"]: row for row in outcome.table.rows()}
+    walk = build_up(stage_sizes(baseline), lambda layout: rows[layout.name]["accuracy"])
+    table, seen = [], []
+    for number, step in enumerate(walk):
+        parent = next((s for s in reversed(seen) if s.positions < step.layout.positions
+                       and len(s.positions) == len(step.layout.positions) - 1), None)
+        row = rows[step.layout.name]
+        table.append({"step": number, "layout": step.layout.name, "msas": len(step.layout.positions),
+                      "parent": parent.name if parent else "", "accuracy": row["accuracy"], "nll": row["nll"],
+                      "kept": step.kept, "rule_2": step.rule_2, "best": step.best.name})
+        seen.append(step.layout)
+    return pd.DataFrame(table)
+
+
+def main(argv=None):
+    return experiment.main(Config, run, argv, description=__doc__)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

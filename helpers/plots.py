@@ -129,6 +129,28 @@ def lesion_drops(ax, blocks, table, *, column="accuracy_drop"):
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
 
 
+def build_up(ax, steps, column="accuracy", *, scale=100):
+    """The build-up rule step by step (`buildup.steps`), as the authors' animation: `column` against the number of
+    MSAs; each layout is joined to the one it was built on, solid and filled when it became the best so far, dotted
+    and open when not; each point is labelled with the position it added, and "rule 2" where the rule went back to
+    the best layout at the end of an earlier stage."""
+    by_layout = steps.set_index("layout")
+    colors = plt.get_cmap(DEPTH_COLORMAP)(np.linspace(0.1, 0.8, max(len(steps), 2)))
+    for row, color in zip(steps.itertuples(), colors):
+        value = scale * getattr(row, column)
+        if row.parent:
+            parent = by_layout.loc[row.parent]
+            ax.plot([parent.msas, row.msas], [scale * parent[column], value], color=color,
+                    ls="-" if row.kept else ":", lw=1.5)
+        ax.plot(row.msas, value, "s", color=color, mfc=color if row.kept else "white", ms=7, zorder=3)
+        added = sorted(set(row.layout.split("+")) - set(row.parent.split("+")))
+        label = ("rule 2: " if row.rule_2 else "") + ("+" + added[0] if row.parent else "baseline")
+        ax.annotate(label, (row.msas, value), textcoords="offset points", xytext=(6, 4 if row.kept else -10),
+                    fontsize=7, color="tab:red" if row.rule_2 else "black")
+    ax.set_xticks(sorted(steps.msas.unique()))
+    ax.set_xlabel("MSA number")
+
+
 def frequency_curves(ax, table, *, leave_out_last=True):
     """Fig. 2a: one Δ log amplitude curve per block of `fourier.relative_log_amplitudes`' table, coloured by
     normalized depth, deepest drawn first. As in the authors' notebook the last block's curve is left out."""
