@@ -3,10 +3,16 @@
 For one mini-batch of the training set, with the training augmentation (crop, flip, RandAugment, then
 Mixup/CutMix, as the authors measured) and BatchNorm in eval mode, the loss is
 `nll(model(inputs), targets) + l2_penalty(parameters, weight_decay, convention)` over every trainable parameter.
-Lanczos with full reorthogonalisation on its Hessian-vector products gives a tridiagonal matrix T whose
-eigenvalues (Ritz values) approximate the k largest and the k most negative Hessian eigenvalues, and whose
-eigenvectors' first components squared are the weights of a stochastic Lanczos quadrature (SLQ) of the spectral
-density; `spectral_density` broadens those nodes with Gaussians. One Lanczos run per batch gives all three.
+The paper's statistic (the authors' "Hessian max eigenvalue spectrum", their issue #12) is, per batch, the top-5
+eigenvalues as PyHessian's power iteration with deflation returns them: the 5 of largest MAGNITUDE, which may be
+negative, pooled over batches into one density. We get them by Lanczos with full reorthogonalisation on the
+Hessian-vector products, stopped once they are certified: each Ritz value theta_i of the tridiagonal T_m has the
+residual bound |beta_m s_{m,i}|, an exact eigenvalue lies within it, and the run stops when every wanted bound
+is at most tol·|theta_i| (`certified`). The bound is for the operator as computed; float32 products add their
+own rounding, about 1e-6 relative on the tests' ViT, far below the default tol. The same run gives, as our extra
+panels, the k largest and the k smallest eigenvalues with their bounds (stopping does not wait for those), and
+the nodes and weights (first components squared of T's eigenvectors) of a stochastic Lanczos quadrature (SLQ)
+of the spectral density, one node per step; `spectral_density` broadens them with Gaussians.
 
 L2 conventions (helpers.losses): "squared" is the textbook (wd/2)·‖w‖², whose Hessian is the NLL Hessian plus
 wd·I, so every eigenvalue shifts by wd. "norm_sum" is the authors' landscape convention wd·Σ‖w‖ (unsquared
@@ -34,10 +40,11 @@ from helpers.losses import l2_penalty, nll
 from helpers.recipes import STRONG
 from helpers.sweep import Sweep
 
-K = 5           # eigenvalues kept at each end of the spectrum
-STEPS = 64      # Lanczos steps: the basis holds STEPS x (number of parameters) numbers
-BATCH_SIZE = 16  # small mini-batches ...
-FRACTION = 0.1  # ... over about a tenth of the training set, as in the paper
+K = 5             # the k eigenvalues of largest magnitude (the paper's statistic), and k at each end of the spectrum
+TOL = 1e-4        # a Ritz value is certified when its residual bound is at most TOL times its magnitude
+MAX_STEPS = 128   # Lanczos steps at most; the basis holds MAX_STEPS x (number of parameters) numbers
+BATCH_SIZE = 16   # small mini-batches ...
+FRACTION = 0.1    # ... over about a tenth of the training set, as in the paper
 
 
 @contextmanager
@@ -83,70 +90,153 @@ class HessianOperator:
         return torch.cat([product.reshape(-1) for product in products])
 
 
-def lanczos(operator, dim, *, steps=STEPS, generator=None, device=None, dtype=torch.float32):
-    """The tridiagonal matrix T (steps x steps, float64) of Lanczos on the symmetric `operator` from a random
-    unit Rademacher vector, with full reorthogonalisation (Gram-Schmidt twice against the whole basis).
+def lanczos(operator, dim, *, k=K, tol=TOL, max_steps=MAX_STEPS, generator=None, device=None,
+            dtype=torch.float32):
+    """Lanczos coefficients `(alphas, betas)` (float64, m of each) of the symmetric `operator` from a random unit
+    Rademacher vector, with full reorthogonalisation, stopped at the first step m where `certified(alphas, betas,
+    k=k, tol=tol)`, or after `max_steps` (capped at `dim`). T_m is tridiagonal with diagonal `alphas` and
+    off-diagonal `betas[:-1]`; `betas[-1]` is beta_m, the norm of the residual left after step m. `tol=0` runs
+    exactly `max_steps` steps (a fixed-step quadrature).
 
-    When the Krylov space is exhausted (beta ~ 0) the run restarts from a fresh random vector orthogonal to the
-    basis, so eigenvalues of any multiplicity are found; T is then block diagonal and e1's weights stay in the
-    first block. `steps` is capped at `dim`.
+    Memory: the basis holds max_steps x dim numbers of `dtype`, e.g. 128 x 23.7M (ResNet-50) in float32 = 12.1 GB,
+    128 x 5.4M (ViT-Ti) = 2.8 GB. When the Krylov space is exhausted (beta ~ 0) the run restarts from a fresh
+    random vector orthogonal to the basis, so that copies of a multiple eigenvalue are found; T is then block
+    diagonal (that beta is stored as 0) and e1's SLQ weights stay in the first block.
     """
-    steps = min(steps, dim)
-    basis = torch.zeros(steps, dim, device=device, dtype=dtype)
-    alphas, betas = torch.zeros(steps, dtype=torch.float64), torch.zeros(max(steps - 1, 0), dtype=torch.float64)
-
-    def random_vector():
-        signs = torch.randint(0, 2, (dim,), generator=generator).to(device, dtype) * 2 - 1
-        return signs / dim ** 0.5
-
-    vector = random_vector()
+    steps = min(max_steps, dim)
+    basis = torch.empty(steps, dim, device=device, dtype=dtype)
+    alphas, betas = [], []
+    vector = random_unit_vector(dim, generator, device, dtype)
     for j in range(steps):
         basis[j] = vector
-        product = operator(vector)
-        alphas[j] = torch.dot(product, vector).item()
-        for _ in range(2):  # "twice is enough": the second pass removes what rounding left of the first
-            product = product - basis[:j + 1].T @ (basis[:j + 1] @ product)
-        if j + 1 == steps:
+        residual = operator(vector)
+        alphas.append(torch.dot(residual, vector).item())
+        residual -= alphas[-1] * vector  # the three-term recurrence ...
+        if j:
+            residual -= betas[-1] * basis[j - 1]
+        beta = orthogonalise(residual, basis[:j + 1])  # ... then against the whole basis, as rounding requires
+        exhausted = beta <= 100 * torch.finfo(dtype).eps * max(max(map(abs, alphas)), max(betas, default=0), 1e-30)
+        betas.append(0.0 if exhausted else beta)
+        if j + 1 == steps or (tol > 0 and not exhausted and certified(alphas, betas, k=k, tol=tol)):
             break
-        beta = torch.linalg.vector_norm(product).item()
-        scale = max(alphas[:j + 1].abs().max().item(), betas[:j].max().item() if j else 0.0, 1e-30)
-        if beta > 100 * torch.finfo(dtype).eps * scale:
-            betas[j], vector = beta, product / beta
-        else:  # invariant subspace found: continue in its orthogonal complement
-            vector = random_vector()
-            for _ in range(2):
-                vector = vector - basis[:j + 1].T @ (basis[:j + 1] @ vector)
-            vector = vector / torch.linalg.vector_norm(vector)
-    return torch.diag(alphas) + torch.diag(betas, 1) + torch.diag(betas, -1)
+        vector = fresh_vector(basis[:j + 1], generator) if exhausted else residual / beta
+    return torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64)
+
+
+def random_unit_vector(dim, generator, device, dtype):
+    signs = torch.randint(0, 2, (dim,), generator=generator).to(device, dtype) * 2 - 1
+    return signs / dim ** 0.5
+
+
+def fresh_vector(basis, generator):
+    """A random unit vector orthogonal to `basis`, to continue in the orthogonal complement of an invariant
+    subspace; drawn again while it lies (numerically) in the span, as a Rademacher vector can exactly."""
+    norm = 0.0
+    while norm <= torch.finfo(basis.dtype).eps ** 0.5:
+        vector = random_unit_vector(basis.shape[1], generator, basis.device, basis.dtype)
+        norm = orthogonalise(vector, basis)
+    return vector / norm
+
+
+def orthogonalise(vector, basis):
+    """Remove from `vector`, in place, its components along the orthonormal rows of `basis`; return its new norm.
+
+    One classical Gram-Schmidt pass (two matrix-vector products), and a second only when the first removed most
+    of the vector (norm below 1/sqrt(2) of what it was): then what rounding left of the first pass is no longer
+    small against the remainder ("twice is enough", Kahan and Parlett).
+    """
+    before = torch.linalg.vector_norm(vector).item()
+    for _ in range(2):
+        vector.addmv_(basis.T, basis @ vector, alpha=-1)
+        after = torch.linalg.vector_norm(vector).item()
+        if after > before / 2 ** 0.5:
+            break
+        before = after
+    return after
+
+
+def ritz(alphas, betas):
+    """(Ritz values ascending, SLQ weights, residual bounds) of the Lanczos coefficients.
+
+    The values are T_m's eigenvalues theta_i; the weights the squared first components of its eigenvectors s_i;
+    the bound of theta_i is |beta_m s_{m,i}|, the norm of H y_i - theta_i y_i for its Ritz vector y_i, so some
+    eigenvalue of H lies within it of theta_i.
+    """
+    tridiagonal = torch.diag(alphas) + torch.diag(betas[:-1], 1) + torch.diag(betas[:-1], -1)
+    values, vectors = torch.linalg.eigh(tridiagonal)
+    return values, vectors[0] ** 2, (betas[-1] * vectors[-1]).abs()
+
+
+def by_magnitude(values, k):
+    """Indices of the k `values` of largest magnitude, largest first: what power iteration with deflation finds."""
+    return values.abs().argsort(descending=True, stable=True)[:k]
+
+
+def certified(alphas, betas, *, k=K, tol=TOL):
+    """Whether the k Ritz values of largest magnitude are certified: each one's bound is at most `tol` times its
+    magnitude, and neither end of the current Krylov block (the part after the last restart) holds an
+    uncertified Ritz value whose interval theta +- bound reaches the k-th magnitude, as an end still moving
+    outwards to an eigenvalue of larger magnitude would.
+
+    Like every single-vector Krylov method this cannot see an eigenvalue whose eigenvector is orthogonal to the
+    Krylov space, nor the second copy of a multiple one before that space is exhausted.
+    """
+    alphas, betas = torch.as_tensor(alphas, dtype=torch.float64), torch.as_tensor(betas, dtype=torch.float64)
+    values, _, bounds = ritz(alphas, betas)
+    wanted = by_magnitude(values, k)
+    if len(wanted) < k or (bounds[wanted] > tol * values[wanted].abs()).any():
+        return False
+    smallest_wanted = values[wanted].abs().min()
+    restarts = (betas[:-1] == 0).nonzero()
+    if len(restarts):
+        block = restarts[-1].item() + 1
+        values, _, bounds = ritz(alphas[block:], betas[block:])
+    ends, end_bounds = values[[0, -1]], bounds[[0, -1]]
+    reaching = (end_bounds > tol * ends.abs()) & (ends.abs() + end_bounds >= smallest_wanted)
+    return not reaching.any()
 
 
 @dataclass
 class Spectrum:
-    top: torch.Tensor       # the k largest eigenvalues, largest first
-    bottom: torch.Tensor    # the k most negative (smallest) eigenvalues, smallest first
-    nodes: torch.Tensor     # SLQ nodes: all Ritz values, ascending
-    weights: torch.Tensor   # SLQ weights (sum to one)
-    loss: float             # the loss whose Hessian this is
+    magnitude: torch.Tensor     # the k eigenvalues of largest magnitude, by decreasing |eigenvalue|: the paper's
+    bounds: torch.Tensor        # ... statistic (PyHessian's top_n), and their residual bounds
+    top: torch.Tensor           # the k largest eigenvalues, largest first, ...
+    top_bounds: torch.Tensor    # ... and their bounds
+    bottom: torch.Tensor        # the k smallest (most negative) eigenvalues, smallest first, ...
+    bottom_bounds: torch.Tensor  # ... and their bounds
+    nodes: torch.Tensor         # SLQ nodes: all Ritz values, ascending
+    weights: torch.Tensor       # SLQ weights (sum to one)
+    steps: int                  # Lanczos steps, i.e. Hessian-vector products
+    max_bound: float            # the largest bound of `magnitude` relative to its value
+    converged: bool             # `certified`: every value of `magnitude` is within tol of an eigenvalue
+    loss: float                 # the loss whose Hessian this is
+
+    @classmethod
+    def of(cls, alphas, betas, *, k=K, tol=TOL, loss=float("nan")):
+        """The spectrum that Lanczos coefficients give (see `lanczos`)."""
+        nodes, weights, bounds = ritz(alphas, betas)
+        wanted, top, bottom = by_magnitude(nodes, k), nodes.argsort(descending=True)[:k], nodes.argsort()[:k]
+        return cls(magnitude=nodes[wanted], bounds=bounds[wanted], top=nodes[top], top_bounds=bounds[top],
+                   bottom=nodes[bottom], bottom_bounds=bounds[bottom], nodes=nodes, weights=weights,
+                   steps=len(alphas), max_bound=(bounds[wanted] / nodes[wanted].abs()).max().item(),
+                   converged=certified(alphas, betas, k=k, tol=tol), loss=loss)
 
 
-def ritz(tridiagonal):
-    """(Ritz values ascending, SLQ weights): T's eigenvalues and the squared first components of its eigenvectors."""
-    values, vectors = torch.linalg.eigh(tridiagonal)
-    return values, vectors[0] ** 2
-
-
-def eigenvalues(model, inputs, targets, *, k=K, steps=STEPS, weight_decay=STRONG.weight_decay,
+def eigenvalues(model, inputs, targets, *, k=K, tol=TOL, max_steps=MAX_STEPS, weight_decay=STRONG.weight_decay,
                 convention="squared", dtype=torch.float32, generator=None):
-    """The `Spectrum` of the Hessian of one mini-batch's loss (see the module docstring) by one Lanczos run."""
-    if steps < k:
-        raise ValueError(f"steps={steps} Lanczos steps cannot give k={k} eigenvalues; use steps >= k (64 is typical)")
+    """The `Spectrum` of the Hessian of one mini-batch's loss (see the module docstring) by one Lanczos run that
+    stops once each of the k Ritz values of largest magnitude has an exact eigenvalue within `tol` times its
+    magnitude, or after `max_steps` with `converged` False. The basis holds max_steps x parameters numbers of
+    `dtype`: 12.1 GB for ResNet-50 (23.7M parameters) in float32 at the default 128 steps."""
+    if max_steps < k:
+        raise ValueError(f"max_steps={max_steps} Lanczos steps cannot give k={k} eigenvalues; use max_steps >= k")
     device = next(model.parameters()).device
     with evaluating(model), math_attention():
         operator = HessianOperator(model, inputs.to(device), targets.to(device), weight_decay=weight_decay,
                                    convention=convention, dtype=dtype)
-        nodes, weights = ritz(lanczos(operator, operator.dim, steps=steps, generator=generator, device=device,
-                                      dtype=dtype))
-    return Spectrum(top=nodes.flip(0)[:k], bottom=nodes[:k], nodes=nodes, weights=weights, loss=operator.loss.item())
+        alphas, betas = lanczos(operator, operator.dim, k=k, tol=tol, max_steps=max_steps, generator=generator,
+                                device=device, dtype=dtype)
+    return Spectrum.of(alphas, betas, k=k, tol=tol, loss=operator.loss.item())
 
 
 def spectral_density(nodes, weights, grid, *, sigma):
@@ -182,12 +272,14 @@ def augmented_batch(dataset, indices, *, mixup_fn=None, seed=0):
     return inputs, targets
 
 
-def spectra(model, dataset, path, *, batch_size=BATCH_SIZE, fraction=FRACTION, k=K, steps=STEPS,
+def spectra(model, dataset, path, *, batch_size=BATCH_SIZE, fraction=FRACTION, k=K, tol=TOL, max_steps=MAX_STEPS,
             weight_decay=STRONG.weight_decay, convention="squared", mixup_fn=None, dtype=torch.float32, seed=0,
             progress=True):
-    """Eigenvalues of every mini-batch, one CSV row per batch at `path`: columns `batch`, `loss`, `top_1..k`,
-    `bottom_1..k`, and the SLQ `nodes` and `weights` (space-separated). Finished batches are skipped on rerun,
-    and under `torchrun` each rank takes its share; returns the whole table (all ranks' finished rows).
+    """Eigenvalues of every mini-batch, one CSV row per batch at `path`: columns `batch`, `loss`, the paper's
+    statistic `magnitude_1..k` with their residual bounds `bound_1..k`, `top_1..k`, `bottom_1..k`, `steps`,
+    `max_bound` (of `magnitude`, relative), `max_bound_top`, `max_bound_bottom`, `converged`, and the SLQ `nodes`
+    and `weights` (space-separated). Finished batches are skipped on rerun, and under `torchrun` each rank takes
+    its share; returns the whole table (all ranks' finished rows).
 
     `dataset` carries the training transform (e.g. `STRONG.train_transform()`); `mixup_fn` e.g.
     `STRONG.mixup_fn(100)`. Batch b's images, augmentation and Lanczos start depend only on (`seed`, b).
@@ -198,15 +290,22 @@ def spectra(model, dataset, path, *, batch_size=BATCH_SIZE, fraction=FRACTION, k
     for unit in tqdm(sweep.todo(units), desc=f"Hessian batches ({path})", disable=not progress):
         b = unit["batch"]
         inputs, targets = augmented_batch(dataset, batches[b], mixup_fn=mixup_fn, seed=seed * 100_003 + b)
-        spectrum = eigenvalues(model, inputs, targets, k=k, steps=steps, weight_decay=weight_decay,
+        spectrum = eigenvalues(model, inputs, targets, k=k, tol=tol, max_steps=max_steps, weight_decay=weight_decay,
                                convention=convention, dtype=dtype,
                                generator=torch.Generator().manual_seed(seed * 100_003 + b))
-        sweep.add({"batch": b, "loss": spectrum.loss,
-                   **{f"top_{i + 1}": value.item() for i, value in enumerate(spectrum.top)},
-                   **{f"bottom_{i + 1}": value.item() for i, value in enumerate(spectrum.bottom)},
+        sweep.add({"batch": b, "loss": spectrum.loss, **numbered("magnitude", spectrum.magnitude),
+                   **numbered("bound", spectrum.bounds), **numbered("top", spectrum.top),
+                   **numbered("bottom", spectrum.bottom), "steps": spectrum.steps, "max_bound": spectrum.max_bound,
+                   "max_bound_top": (spectrum.top_bounds / spectrum.top.abs()).max().item(),
+                   "max_bound_bottom": (spectrum.bottom_bounds / spectrum.bottom.abs()).max().item(),
+                   "converged": spectrum.converged,
                    "nodes": " ".join(repr(x) for x in spectrum.nodes.tolist()),
                    "weights": " ".join(repr(x) for x in spectrum.weights.tolist())})
     return table(path)
+
+
+def numbered(name, values):
+    return {f"{name}_{i + 1}": value for i, value in enumerate(values.tolist())}
 
 
 def table(path):
@@ -214,8 +313,9 @@ def table(path):
     frame = pd.DataFrame(Sweep(path, ["batch"]).rows())
     if frame.empty:
         return frame
-    for column in frame.columns.drop(["nodes", "weights"]):
+    for column in frame.columns.drop(["nodes", "weights", "converged"]):
         frame[column] = pd.to_numeric(frame[column])
+    frame["converged"] = frame["converged"] == "True"
     for column in ("nodes", "weights"):
         frame[column] = [np.array(text.split(), dtype=float) for text in frame[column]]
     return frame.sort_values("batch", ignore_index=True)
@@ -234,7 +334,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--fraction", type=float, default=FRACTION)
     parser.add_argument("--k", type=int, default=K)
-    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--tol", type=float, default=TOL, help="relative residual bound that certifies an eigenvalue")
+    parser.add_argument("--max-steps", type=int, default=MAX_STEPS, help="memory: max-steps x parameters numbers")
     parser.add_argument("--weight-decay", type=float, default=STRONG.weight_decay)
     parser.add_argument("--convention", choices=["squared", "norm_sum"], default="squared")
     parser.add_argument("--float64", action="store_true")
@@ -246,8 +347,8 @@ def main(argv=None):
     dataset = (data.synthetic(4 * args.batch_size) if args.smoke else
                data.dataset("cifar100", args.data_root, train=True, transform=STRONG.train_transform("cifar100")))
     output = args.output or f"results/hessian_{args.model}_{args.convention}.csv"
-    spectra(model, dataset, output, batch_size=args.batch_size, fraction=args.fraction, k=args.k, steps=args.steps,
-            weight_decay=args.weight_decay, convention=args.convention, mixup_fn=STRONG.mixup_fn(100),
+    spectra(model, dataset, output, batch_size=args.batch_size, fraction=args.fraction, k=args.k, tol=args.tol,
+            max_steps=args.max_steps, weight_decay=args.weight_decay, convention=args.convention, mixup_fn=STRONG.mixup_fn(100),
             dtype=torch.float64 if args.float64 else torch.float32)
 
 

@@ -110,7 +110,7 @@ def test_fused_attention_lacks_double_backward_and_is_left_on():
     first = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
     with pytest.raises(RuntimeError, match="not implemented"):  # the reason for math_attention
         torch.autograd.grad(first[0].sum(), list(model.parameters()))
-    hessian.eigenvalues(model, inputs, targets_for(inputs), k=2, steps=4)
+    hessian.eigenvalues(model, inputs, targets_for(inputs), k=2, max_steps=4)
     assert model.blocks[0].attn.fused_attn
 
 
@@ -119,19 +119,124 @@ def test_lanczos_finds_the_extreme_eigenvalues(case):
     exact = torch.linalg.eigvalsh(dense)
     assert (exact[:5] < 0).all()  # a non-convex case: five negative eigenvalues to find
     steps = {"mlp": 60, "conv": 60, "vit": 150}[name]  # fewer steps than parameters
-    spectrum = hessian.eigenvalues(model, inputs, targets, k=5, steps=steps, weight_decay=0,
+    spectrum = hessian.eigenvalues(model, inputs, targets, k=5, tol=0, max_steps=steps, weight_decay=0,
                                    dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert spectrum.steps == steps  # tol=0: a fixed number of steps
     torch.testing.assert_close(spectrum.top, exact.flip(0)[:5], rtol=1e-4, atol=0)
     torch.testing.assert_close(spectrum.bottom, exact[:5], rtol=1e-4, atol=0)
+    for values, bounds in ((spectrum.top, spectrum.top_bounds), (spectrum.bottom, spectrum.bottom_bounds)):
+        assert within_bounds(values, bounds, exact)
+
+
+def within_bounds(values, bounds, exact):
+    """Whether an exact eigenvalue lies within each value's bound (up to float64 rounding of the products)."""
+    distances = (values[:, None] - exact[None]).abs().min(1).values
+    return bool((distances <= bounds + 1e-9 * exact.abs().max()).all())
+
+
+@pytest.fixture(scope="module")
+def negative():
+    """The two-block ViT, whose two eigenvalues of largest magnitude are negative, and its exact eigenvalues."""
+    model, inputs = vit()
+    targets = targets_for(inputs)
+    exact = torch.linalg.eigvalsh(dense_hessian(*flat_loss(model, inputs, targets)))
+    by_magnitude = exact[exact.abs().argsort(descending=True)]
+    assert (by_magnitude[:2] < 0).all() and (by_magnitude[2:5] > 0).any()  # the precondition, checked: mixed signs
+    return model, inputs, targets, exact, by_magnitude[:5]
+
+
+def test_the_statistic_is_the_top_k_by_magnitude_even_when_negative(negative):
+    model, inputs, targets, exact, expected = negative
+    spectrum = hessian.eigenvalues(model, inputs, targets, k=5, weight_decay=0, dtype=torch.float64,
+                                   generator=torch.Generator().manual_seed(0))
+    assert spectrum.converged and 5 <= spectrum.steps < len(exact) / 4  # certified long before the whole space
+    torch.testing.assert_close(spectrum.magnitude, expected, rtol=1e-4, atol=0)
+    assert spectrum.bounds.shape == (5,) and (spectrum.bounds <= 1e-4 * spectrum.magnitude.abs()).all()
+    assert spectrum.max_bound == pytest.approx((spectrum.bounds / spectrum.magnitude.abs()).max().item())
+    assert spectrum.top[0] == pytest.approx(exact[-1].item(), rel=1e-4)  # the algebraic ends are there too
+    assert spectrum.bottom[0] == pytest.approx(exact[0].item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_certified_eigenvalues_are_within_their_bounds_of_the_exact_ones(negative, dtype):
+    model, inputs, targets, exact, expected = negative
+    for seed in range(3):
+        spectrum = hessian.eigenvalues(model, inputs, targets, k=5, weight_decay=0, dtype=dtype,
+                                       generator=torch.Generator().manual_seed(seed))
+        assert spectrum.converged
+        relative = ((spectrum.magnitude - expected) / expected).abs()
+        if dtype == torch.float64:  # the bound is for the operator as computed: float32 adds its own rounding
+            assert within_bounds(spectrum.magnitude, spectrum.bounds, exact)
+            assert (relative <= spectrum.bounds / expected.abs() + 1e-12).all()
+        assert (relative <= 1e-4).all()
+
+
+def test_every_ritz_value_is_within_its_bound_at_every_step(negative):
+    model, inputs, targets, exact, expected = negative
+    product = operator(model, inputs, targets, weight_decay=0)
+    for steps in (3, 8, 20, 40):
+        values, _, bounds = hessian.ritz(*hessian.lanczos(product, product.dim, tol=0, max_steps=steps,
+                                                          dtype=torch.float64,
+                                                          generator=torch.Generator().manual_seed(0)))
+        assert len(values) == steps and within_bounds(values, bounds, exact)
+
+
+def test_a_step_limit_too_small_to_certify_is_flagged(negative):
+    model, inputs, targets, exact, expected = negative
+    spectrum = hessian.eigenvalues(model, inputs, targets, k=5, max_steps=6, weight_decay=0, dtype=torch.float64,
+                                   generator=torch.Generator().manual_seed(0))
+    assert spectrum.steps == 6 and not spectrum.converged
+    assert spectrum.max_bound > 1e-4 and len(spectrum.magnitude) == 5
+
+
+class Designed:
+    """v -> R diag(eigenvalues) R v, with R the reflection taking the (first) start vector to one whose squared
+    components along the eigenvectors are `weights`: Lanczos runs as if from that start."""
+
+    def __init__(self, eigenvalues, weights):
+        self.eigenvalues, self.start, self.normal = eigenvalues, (weights / weights.sum()).sqrt(), None
+
+    def __call__(self, vector):
+        if self.normal is None:
+            self.normal = (vector - self.start) / (vector - self.start).norm()
+        reflect = lambda x: x - 2 * self.normal * (self.normal @ x)  # noqa: E731
+        return reflect(self.eigenvalues * reflect(vector))
+
+
+def test_an_end_still_moving_outwards_blocks_certification():
+    # five positive outliers found fast; -65, the fifth by magnitude, has a tiny weight in the start vector, so
+    # the smallest Ritz value is still moving out of the bulk (-58..20) when the positive ones are certified
+    eigenvalues = torch.cat([torch.tensor([100., 90, 80, 70, 60, -65], dtype=torch.float64),
+                             torch.linspace(-58, 20, 194, dtype=torch.float64)])
+    weights = torch.ones(200, dtype=torch.float64)
+    weights[5] = 10 ** -5.5
+    run = dict(dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    spectrum = hessian.Spectrum.of(*hessian.lanczos(Designed(eigenvalues, weights), 200, **run))
+    assert spectrum.converged
+    torch.testing.assert_close(spectrum.magnitude, torch.tensor([100., 90, 80, 70, -65], dtype=torch.float64))
+    early = hessian.lanczos(Designed(eigenvalues, weights), 200, tol=0, max_steps=19, **run)
+    values, _, bounds = hessian.ritz(*early)
+    wanted = hessian.by_magnitude(values, 5)
+    assert (bounds[wanted] <= 1e-4 * values[wanted].abs()).all()  # the five largest so far are certified ...
+    assert values.min() > -60 and not hessian.certified(*early)  # ... but the bottom end is still in motion
+
+
+def test_an_exhausted_krylov_space_restarts_and_finds_a_repeated_eigenvalue_twice():
+    eigenvalues = torch.tensor([-3, -3, 2, 1.5, 1, .5, .4, .3, .2, .1, .05, .01], dtype=torch.float64)
+    alphas, betas = hessian.lanczos(lambda vector: eigenvalues * vector, 12, dtype=torch.float64,
+                                    generator=torch.Generator().manual_seed(0))
+    assert (betas[:-1] == 0).any()  # a diagonal operator and a Rademacher start: -3 is seen once, then a restart
+    spectrum = hessian.Spectrum.of(alphas, betas)
+    torch.testing.assert_close(spectrum.magnitude, torch.tensor([-3, -3, 2, 1.5, 1], dtype=torch.float64))
 
 
 def test_squared_l2_shifts_every_eigenvalue_by_the_weight_decay():
     model, inputs = mlp()
     targets, seed = targets_for(inputs), torch.Generator().manual_seed
-    plain = hessian.eigenvalues(model, inputs, targets, steps=20, weight_decay=0, dtype=torch.float64,
+    plain = hessian.eigenvalues(model, inputs, targets, tol=0, max_steps=20, weight_decay=0, dtype=torch.float64,
                                 generator=seed(0))
-    shifted = hessian.eigenvalues(model, inputs, targets, steps=20, weight_decay=0.05, dtype=torch.float64,
-                                  generator=seed(0))
+    shifted = hessian.eigenvalues(model, inputs, targets, tol=0, max_steps=20, weight_decay=0.05,
+                                  dtype=torch.float64, generator=seed(0))
     torch.testing.assert_close(shifted.nodes, plain.nodes + 0.05, rtol=0, atol=1e-12)
     torch.testing.assert_close(shifted.weights, plain.weights, rtol=0, atol=1e-10)
 
@@ -168,8 +273,8 @@ def test_slq_quadrature_reproduces_the_moments_of_its_start_vector():
         calls.append(vector)
         return matrix @ vector
 
-    nodes, weights = hessian.ritz(hessian.lanczos(product, 40, steps=6, dtype=torch.float64,
-                                                  generator=torch.Generator().manual_seed(0)))
+    nodes, weights, _ = hessian.ritz(*hessian.lanczos(product, 40, tol=0, max_steps=6, dtype=torch.float64,
+                                                      generator=torch.Generator().manual_seed(0)))
     start = calls[0]
     assert weights.sum().item() == pytest.approx(1, abs=1e-12)
     for power in range(2 * 6):  # Gauss quadrature with 6 nodes is exact up to degree 11
@@ -182,7 +287,7 @@ def test_slq_density_integrates_to_one_and_matches_the_exact_spectrum_in_its_mom
     targets = targets_for(inputs)
     loss, w = flat_loss(model, inputs, targets)
     exact = torch.linalg.eigvalsh(dense_hessian(loss, w))
-    runs = [hessian.eigenvalues(model, inputs, targets, steps=8, weight_decay=0, dtype=torch.float64,
+    runs = [hessian.eigenvalues(model, inputs, targets, tol=0, max_steps=8, weight_decay=0, dtype=torch.float64,
                                 generator=torch.Generator().manual_seed(seed)) for seed in range(60)]
     sigma = 0.01
     grid = torch.linspace(exact[0] - 1, exact[-1] + 1, 20001, dtype=torch.float64)
@@ -201,8 +306,8 @@ def test_slq_density_integrates_to_one_and_matches_the_exact_spectrum_in_its_mom
 
 def test_steps_fewer_than_k_is_a_clear_error():
     model, inputs = mlp()
-    with pytest.raises(ValueError, match="steps >= k"):
-        hessian.eigenvalues(model, inputs, targets_for(inputs), k=5, steps=3)
+    with pytest.raises(ValueError, match="max_steps >= k"):
+        hessian.eigenvalues(model, inputs, targets_for(inputs), k=5, max_steps=3)
 
 
 # A model and data built the same way in this process and in torchrun's workers.
@@ -214,7 +319,7 @@ torch.manual_seed(0)
 model = nn.Sequential(nn.AvgPool2d(8), nn.Flatten(), nn.Linear(48, 6), nn.Tanh(), nn.Linear(6, 10))
 dataset = data.synthetic(32, "cifar10")
 def run(path, **kw):
-    return hessian.spectra(model, dataset, path, batch_size=4, fraction=0.5, k=2, steps=6,
+    return hessian.spectra(model, dataset, path, batch_size=4, fraction=0.5, k=2, max_steps=6,
                            mixup_fn=STRONG.mixup_fn(10), dtype=torch.float64, progress=False, **kw)
 if __name__ == "__main__":
     run(sys.argv[1])
@@ -233,6 +338,8 @@ def test_resume_and_torchrun_give_the_same_eigenvalues_as_one_run(tmp_path, monk
     namespace = {}
     exec(compile(SCRIPT, str(script), "exec"), namespace)
     uninterrupted = namespace["run"](tmp_path / "one.csv")
+    assert {"magnitude_2", "bound_2", "top_2", "bottom_2", "steps", "max_bound", "converged"} <= set(uninterrupted)
+    assert uninterrupted["converged"].dtype == bool and (uninterrupted["steps"] <= 6).all()
 
     calls, real = [], hessian.eigenvalues
 
