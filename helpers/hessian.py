@@ -1,4 +1,4 @@
-"""Fig. 1b, 3b and 4: Hessian eigenvalue spectra of NLL + L2 on augmented mini-batches.
+"""Fig. 1c and Fig. 4: Hessian eigenvalue spectra of NLL + L2 on augmented mini-batches.
 
 For one mini-batch of the training set, with the training augmentation (crop, flip, RandAugment, then
 Mixup/CutMix, as the authors measured) and BatchNorm in eval mode, the loss is
@@ -24,21 +24,20 @@ along every ray from 0, so we take its Hessian there as zero and leave such tens
 timm's attention calls fused scaled-dot-product kernels that have no double backward on CPU; the math kernel
 is forced for the duration of a computation (`math_attention`), then the previous choice is restored.
 """
-import argparse
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from tqdm.auto import tqdm
 
-from helpers.common import evaluating, seeded
+from helpers import data, experiment
+from helpers.common import evaluating, pick_device, seeded
+from helpers.experiment import Pretrained, positive, setting
 from helpers.losses import l2_penalty, nll
 from helpers.recipes import STRONG
-from helpers.sweep import Sweep
+from helpers.sweep import fill
 
 K = 5             # the k eigenvalues of largest magnitude (the paper's statistic), and k at each end of the spectrum
 TOL = 1e-4        # a Ritz value is certified when its residual bound is at most TOL times its magnitude
@@ -272,85 +271,112 @@ def augmented_batch(dataset, indices, *, mixup_fn=None, seed=0):
     return inputs, targets
 
 
-def spectra(model, dataset, path, *, batch_size=BATCH_SIZE, fraction=FRACTION, k=K, tol=TOL, max_steps=MAX_STEPS,
-            weight_decay=STRONG.weight_decay, convention="squared", mixup_fn=None, dtype=torch.float32, seed=0,
-            progress=True):
-    """Eigenvalues of every mini-batch, one CSV row per batch at `path`: columns `batch`, `loss`, the paper's
-    statistic `magnitude_1..k` with their residual bounds `bound_1..k`, `top_1..k`, `bottom_1..k`, `steps`,
-    `max_bound` (of `magnitude`, relative), `max_bound_top`, `max_bound_bottom`, `converged`, and the SLQ `nodes`
-    and `weights` (space-separated). Finished batches are skipped on rerun, and under `torchrun` each rank takes
-    its share; returns the whole table (all ranks' finished rows).
+def spectrum_row(spectrum):
+    """One batch's stored row (without its unit key): the paper's statistic with its bounds, our extra panels'
+    eigenvalues, the convergence, the SLQ nodes and weights."""
+    return {"loss": spectrum.loss, "magnitude": spectrum.magnitude.tolist(), "bounds": spectrum.bounds.tolist(),
+            "top": spectrum.top.tolist(), "bottom": spectrum.bottom.tolist(), "steps": spectrum.steps,
+            "max_bound": spectrum.max_bound, "converged": spectrum.converged,
+            "max_bound_top": (spectrum.top_bounds / spectrum.top.abs()).max().item(),
+            "max_bound_bottom": (spectrum.bottom_bounds / spectrum.bottom.abs()).max().item(),
+            "nodes": spectrum.nodes.tolist(), "weights": spectrum.weights.tolist()}
+
+
+def spectra(model, dataset, table, *, weight_decays=(0.0, STRONG.weight_decay), batch_size=BATCH_SIZE,
+            fraction=FRACTION, k=K, tol=TOL, max_steps=MAX_STEPS, convention="squared", mixup_fn=None,
+            dtype=torch.float32, seed=0, progress=True):
+    """Eigenvalues of every mini-batch for each loss NLL + wd x L2 of `weight_decays`, one row per (weight decay,
+    batch) in `table` (a `helpers.sweep.Table` keyed by weight_decay and batch; see `spectrum_row`). Finished
+    units are skipped on rerun, and under `torchrun` each rank takes its share; returns the rows of these units.
 
     `dataset` carries the training transform (e.g. `STRONG.train_transform()`); `mixup_fn` e.g.
     `STRONG.mixup_fn(100)`. Batch b's images, augmentation and Lanczos start depend only on (`seed`, b).
     """
-    sweep = Sweep(path, ["batch"])
     batches = batch_indices(dataset, batch_size=batch_size, fraction=fraction, seed=seed)
-    units = [{"batch": b} for b in range(len(batches))]
-    for unit in tqdm(sweep.todo(units), desc=f"Hessian batches ({path})", disable=not progress):
+    units = [{"weight_decay": wd, "batch": b} for wd in weight_decays for b in range(len(batches))]
+
+    def compute(unit):
         b = unit["batch"]
         inputs, targets = augmented_batch(dataset, batches[b], mixup_fn=mixup_fn, seed=seed * 100_003 + b)
-        spectrum = eigenvalues(model, inputs, targets, k=k, tol=tol, max_steps=max_steps, weight_decay=weight_decay,
-                               convention=convention, dtype=dtype,
+        spectrum = eigenvalues(model, inputs, targets, k=k, tol=tol, max_steps=max_steps,
+                               weight_decay=unit["weight_decay"], convention=convention, dtype=dtype,
                                generator=torch.Generator().manual_seed(seed * 100_003 + b))
-        sweep.add({"batch": b, "loss": spectrum.loss, **numbered("magnitude", spectrum.magnitude),
-                   **numbered("bound", spectrum.bounds), **numbered("top", spectrum.top),
-                   **numbered("bottom", spectrum.bottom), "steps": spectrum.steps, "max_bound": spectrum.max_bound,
-                   "max_bound_top": (spectrum.top_bounds / spectrum.top.abs()).max().item(),
-                   "max_bound_bottom": (spectrum.bottom_bounds / spectrum.bottom.abs()).max().item(),
-                   "converged": spectrum.converged,
-                   "nodes": " ".join(repr(x) for x in spectrum.nodes.tolist()),
-                   "weights": " ".join(repr(x) for x in spectrum.weights.tolist())})
-    return table(path)
+        return {**unit, **spectrum_row(spectrum)}
+
+    fill(table, units, compute, desc=f"Hessian {table.folder.name}", progress=progress)
+    return table.frame(units)
 
 
-def numbered(name, values):
-    return {f"{name}_{i + 1}": value for i, value in enumerate(values.tolist())}
+# The experiment: the notebook and `python -m helpers.hessian` both call `run`
+
+@dataclass
+class Config(Pretrained):
+    """Fig. 1c and Fig. 4: Hessian eigenvalue spectra of every model, for each loss."""
+    weight_decays: list[float] = setting([0.0, STRONG.weight_decay], "the losses, NLL + weight decay x L2 (0: NLL "
+                                         "alone); each is a panel", identity=False)
+    convention: str = setting("squared", "L2: the textbook (wd/2)|w|^2, or the authors' landscape wd sum|w|",
+                              choices=("squared", "norm_sum"))
+    images: int | None = setting(None, "training images, the first of a seeded shuffle (None: all 50,000)", smoke=8,
+                                 check=positive)
+    batch_size: int = setting(BATCH_SIZE, "images per mini-batch", smoke=2, check=positive)
+    fraction: float = setting(FRACTION, "share of the training images in mini-batches (the paper: a tenth)",
+                              check=lambda f: None if 0 < f <= 1 else "must be in (0, 1]")
+    k: int = setting(K, "eigenvalues of largest magnitude per batch (the paper's top-5), and at each end",
+                     smoke=2, check=positive)
+    tol: float = setting(TOL, "a Ritz value is certified when its residual bound is at most tol x its magnitude",
+                         check=lambda t: None if t > 0 else "must be positive")
+    max_steps: int = setting(MAX_STEPS, "Lanczos steps at most (memory: max_steps x parameters numbers)", smoke=4,
+                             check=positive)
+    float64: bool = setting(False, "Lanczos in float64 (twice the memory)")
+    seed: int = setting(0, "draws the mini-batches, their augmentation and the Lanczos starts")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_steps < self.k:
+            raise ValueError(f"max_steps={self.max_steps}: Lanczos needs at least k={self.k} steps for k eigenvalues")
 
 
-def table(path):
-    """The rows of a `spectra` CSV as a DataFrame sorted by batch, with `nodes` and `weights` as float arrays."""
-    frame = pd.DataFrame(Sweep(path, ["batch"]).rows())
-    if frame.empty:
-        return frame
-    for column in frame.columns.drop(["nodes", "weights", "converged"]):
-        frame[column] = pd.to_numeric(frame[column])
-    frame["converged"] = frame["converged"] == "True"
-    for column in ("nodes", "weights"):
-        frame[column] = [np.array(text.split(), dtype=float) for text in frame[column]]
-    return frame.sort_values("batch", ignore_index=True)
+def training_set(config):
+    """CIFAR-100's training images with the strong recipe's transform (synthetic ones when smoke)."""
+    if config.smoke:
+        return data.synthetic(config.images, seed=config.seed)
+    dataset = data.dataset("cifar100", config.data_root, train=True, transform=STRONG.train_transform("cifar100"),
+                           mirror=config.mirror)
+    return data.sample(dataset, config.images, seed=config.seed)
+
+
+def run(config, *, progress=True):
+    """Every model's spectra for every loss of `config`: this rank's unfinished units computed and stored; returns
+    one `experiment.Outcome` per model."""
+    config = config.resolved()
+    device, dataset, outcomes = pick_device(), training_set(config), []
+    units = [{"weight_decay": wd, "batch": b} for wd in config.weight_decays for b in range(len(
+        batch_indices(dataset, batch_size=config.batch_size, fraction=config.fraction, seed=config.seed)))]
+    for name in config.models:
+        model = config.pretrained(name, device)
+        table = experiment.table(config, "hessian", name, ("weight_decay", "batch"), data=data.fingerprint(dataset),
+                                 weights=experiment.weights_digest(model))
+        spectra(model, dataset, table, weight_decays=config.weight_decays, batch_size=config.batch_size,
+                fraction=config.fraction, k=config.k, tol=config.tol, max_steps=config.max_steps,
+                convention=config.convention, mixup_fn=STRONG.mixup_fn(data.NUM_CLASSES["cifar100"]),
+                dtype=torch.float64 if config.float64 else torch.float32, seed=config.seed, progress=progress)
+        outcomes.append(experiment.Outcome(name, table, units))
+        del model
+    return outcomes
+
+
+def results(outcome):
+    """The stored rows of one model (`run`'s outcome) as a DataFrame, lists as arrays, in unit order."""
+    frame = outcome.table.frame(outcome.units)
+    for column in ("magnitude", "bounds", "top", "bottom", "nodes", "weights"):
+        if column in frame:
+            frame[column] = [np.asarray(values, dtype=float) for values in frame[column]]
+    return frame.assign(model=outcome.name)
 
 
 def main(argv=None):
-    """`[torchrun --nproc-per-node N] python -m helpers.hessian --model vit_ti`: fill the CSV of one model."""
-    from helpers import checkpoints, data, pick_device
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--checkpoint", default=None, help="a checkpoint file instead of the official weights")
-    parser.add_argument("--output", default=None, help="CSV path (default results/hessian_MODEL_CONVENTION.csv)")
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--checkpoint-root", default="checkpoints")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--fraction", type=float, default=FRACTION)
-    parser.add_argument("--k", type=int, default=K)
-    parser.add_argument("--tol", type=float, default=TOL, help="relative residual bound that certifies an eigenvalue")
-    parser.add_argument("--max-steps", type=int, default=MAX_STEPS, help="memory: max-steps x parameters numbers")
-    parser.add_argument("--weight-decay", type=float, default=STRONG.weight_decay)
-    parser.add_argument("--convention", choices=["squared", "norm_sum"], default="squared")
-    parser.add_argument("--float64", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help="fresh weights, synthetic data")
-    args = parser.parse_args(argv)
-    device = pick_device()
-    model = checkpoints.pretrained(args.model, root=args.checkpoint_root, path=args.checkpoint, smoke=args.smoke,
-                                   map_location=device)
-    dataset = (data.synthetic(4 * args.batch_size) if args.smoke else
-               data.dataset("cifar100", args.data_root, train=True, transform=STRONG.train_transform("cifar100")))
-    output = args.output or f"results/hessian_{args.model}_{args.convention}.csv"
-    spectra(model, dataset, output, batch_size=args.batch_size, fraction=args.fraction, k=args.k, tol=args.tol,
-            max_steps=args.max_steps, weight_decay=args.weight_decay, convention=args.convention, mixup_fn=STRONG.mixup_fn(100),
-            dtype=torch.float64 if args.float64 else torch.float32)
+    return experiment.main(Config, run, argv, description=__doc__)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

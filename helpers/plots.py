@@ -23,8 +23,10 @@ from helpers.common import writing
 from helpers.fourier import shifted_frequencies
 
 SHADES = {"msa": ("tab:gray", 0.15), "pool": ("tab:blue", 0.15)}  # conv/mlp stay white, as in the paper
-STYLES = {"resnet": ("D", "tab:blue"), "vit": ("o", "tab:red")}  # the authors' (marker, colour) per family
-OTHER_STYLE = ("s", "tab:green")
+# (marker, colour) per family: the authors' diamonds for ResNet and circles for ViT, then ours
+STYLES = {"resnet": ("D", "tab:blue"), "vit": ("o", "tab:red"), "pit": ("s", "tab:green"),
+          "swin": ("^", "tab:purple"), "alternet": ("v", "tab:orange")}
+OTHER_STYLE = ("P", "tab:gray")
 DEPTH_COLORMAP = "plasma"
 KIND_COLORS = {"embed": "black", "conv": "tab:blue", "msa": "tab:red", "mlp": "tab:green",
                "pool": "tab:purple", "head": "tab:gray"}  # pool: every subsampling block, strided bottlenecks too
@@ -205,6 +207,39 @@ def symlog_bins(values, linthresh, count=60):
     """`count` histogram bin edges, even on a symmetric-log axis, spanning +-1.05 max|values| (Hessian spectra)."""
     limit = np.arcsinh(np.abs(values).max() * 1.05 / linthresh)
     return np.sinh(np.linspace(-limit, limit, count)) * linthresh
+
+
+def symlog_axis(ax, linthresh, limit):
+    """A symmetric-log x axis over [-limit, limit] with ticks only at 0 and at every other power of ten (at most
+    three a side), as 10^n labels, so that labels never collide."""
+    ax.set_xscale("symlog", linthresh=linthresh)
+    ax.set_xlim(-limit, limit)
+    powers = np.arange(np.ceil(np.log10(linthresh)), np.floor(np.log10(limit)) + 1)
+    powers = powers[::max(1, int(np.ceil(len(powers) / 3)))]
+    ticks = sorted([0.0, *(10.0 ** powers), *(-(10.0 ** powers))])
+    ax.set_xticks(ticks, ["0" if t == 0 else f"{'-' if t < 0 else ''}$10^{{{int(np.log10(abs(t)))}}}$" for t in ticks])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+
+
+def eigenvalue_density(ax, samples, *, excluded=None):
+    """Histograms, as densities on one symmetric-log axis, of each model's eigenvalues (`samples`: name -> array),
+    the positive and negative parts together; `excluded` (name -> count) adds to each label how many batches were
+    left out as unconverged."""
+    pooled = np.concatenate([np.asarray(v, dtype=float) for v in samples.values()] or [np.zeros(1)])
+    limit = max(np.abs(pooled).max() * 1.05, 1e-3)
+    linthresh = max(1e-3, min((np.abs(v).max() for v in samples.values() if len(v)), default=1.0) / 100)
+    bins = symlog_bins(pooled, linthresh) if np.abs(pooled).max() > 0 else 60
+    for name in dict.fromkeys([*samples, *(excluded or {})]):
+        values, left_out, color = samples.get(name, []), (excluded or {}).get(name, 0), model_style(name)[1]
+        label = f"{name} ({len(values)} values" + (f"; {left_out} unconverged batches left out)" if left_out else ")")
+        if len(values):
+            ax.hist(values, bins=bins, density=True, histtype="step", lw=1.5, color=color, label=label)
+        else:
+            ax.plot([], [], color=color, label=label)
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_yscale("log")
+    symlog_axis(ax, linthresh, limit)
+    ax.legend(fontsize=7)
 
 
 def loss_landscapes(tables, *, clip=42):

@@ -4,9 +4,10 @@ import dataclasses
 import pytest
 import torch
 
-from helpers import experiment, landscape, models
+from helpers import buildup, cka, experiment, hessian, landscape, lesion, models, robustness, train
 
-CONFIGS = [landscape.Config]
+CONFIGS = [landscape.Config, hessian.Config, robustness.Config, cka.Config, train.Config, lesion.Config,
+           buildup.Config]
 
 
 @pytest.mark.parametrize("config_class", CONFIGS, ids=lambda c: c.__module__)

@@ -315,21 +315,24 @@ SCRIPT = """
 import sys, torch, torch.nn as nn
 from helpers import data, hessian
 from helpers.recipes import STRONG
+from helpers.sweep import Table
 torch.manual_seed(0)
 model = nn.Sequential(nn.AvgPool2d(8), nn.Flatten(), nn.Linear(48, 6), nn.Tanh(), nn.Linear(6, 10))
 dataset = data.synthetic(32, "cifar10")
-def run(path, **kw):
-    return hessian.spectra(model, dataset, path, batch_size=4, fraction=0.5, k=2, max_steps=6,
-                           mixup_fn=STRONG.mixup_fn(10), dtype=torch.float64, progress=False, **kw)
+def run(folder, **kw):
+    return hessian.spectra(model, dataset, Table(folder, ("weight_decay", "batch")), weight_decays=(0.0, 0.05),
+                           batch_size=4, fraction=0.25, k=2, max_steps=6, mixup_fn=STRONG.mixup_fn(10),
+                           dtype=torch.float64, progress=False, **kw)
 if __name__ == "__main__":
     run(sys.argv[1])
 """
 
 
 def same_tables(a, b):
-    assert list(a["batch"]) == list(b["batch"]) == list(range(4))
-    for column in a.columns:
+    assert list(a["batch"]) == list(b["batch"]) == [0, 1] * 2 and list(a["weight_decay"]) == [0.0] * 2 + [0.05] * 2
+    for column in a.columns.drop("converged"):
         assert np.allclose(np.stack(a[column]), np.stack(b[column]), rtol=1e-12, atol=1e-15), column
+    assert list(a["converged"]) == list(b["converged"])
 
 
 def test_resume_and_torchrun_give_the_same_eigenvalues_as_one_run(tmp_path, monkeypatch):
@@ -337,9 +340,10 @@ def test_resume_and_torchrun_give_the_same_eigenvalues_as_one_run(tmp_path, monk
     script.write_text(SCRIPT)
     namespace = {}
     exec(compile(SCRIPT, str(script), "exec"), namespace)
-    uninterrupted = namespace["run"](tmp_path / "one.csv")
-    assert {"magnitude_2", "bound_2", "top_2", "bottom_2", "steps", "max_bound", "converged"} <= set(uninterrupted)
+    uninterrupted = namespace["run"](tmp_path / "one")
+    assert {"magnitude", "bounds", "top", "bottom", "steps", "max_bound", "converged"} <= set(uninterrupted)
     assert uninterrupted["converged"].dtype == bool and (uninterrupted["steps"] <= 6).all()
+    assert all(len(values) == 2 for values in uninterrupted["magnitude"])
 
     calls, real = [], hessian.eigenvalues
 
@@ -351,16 +355,17 @@ def test_resume_and_torchrun_give_the_same_eigenvalues_as_one_run(tmp_path, monk
 
     monkeypatch.setattr(hessian, "eigenvalues", crashing)
     with pytest.raises(KeyboardInterrupt):
-        namespace["run"](tmp_path / "resumed.csv")
+        namespace["run"](tmp_path / "resumed")
     monkeypatch.setattr(hessian, "eigenvalues", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
-    resumed = namespace["run"](tmp_path / "resumed.csv")
+    resumed = namespace["run"](tmp_path / "resumed")
     assert len(calls) == 3 + 2  # the two finished batches were not redone
     same_tables(uninterrupted, resumed)
 
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-                          str(tmp_path / "torchrun.csv")], capture_output=True, text=True, timeout=300)
+                          str(tmp_path / "torchrun")], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    same_tables(uninterrupted, hessian.table(tmp_path / "torchrun.csv"))
+    assert len(list((tmp_path / "torchrun").glob("*.rows"))) == 2  # one file per rank
+    same_tables(uninterrupted, namespace["run"](tmp_path / "torchrun"))  # read back: nothing left to compute
 
 
 def test_augmented_batches_are_mixed_and_reproducible():

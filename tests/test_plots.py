@@ -90,3 +90,20 @@ def test_symlog_bins_are_symmetric_and_cover_the_values():
     assert len(bins) == 61 and bins[30] == pytest.approx(0.0)
     assert np.allclose(bins, -bins[::-1])
     assert bins[0] < values.min() and bins[-1] > values.max() and bins[-1] == pytest.approx(126.0)
+
+
+def test_eigenvalue_density_ticks_never_collide_and_count_what_was_left_out():
+    rng = np.random.default_rng(0)
+    samples = {"resnet_50": rng.uniform(-0.5, 300, 200), "vit_ti": np.concatenate([rng.uniform(-40, 20, 200)])}
+    fig, ax = plt.subplots(figsize=(5, 3))
+    plots.eigenvalue_density(ax, samples, excluded={"vit_ti": 2, "pit_ti": 3})
+    fig.canvas.draw()
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+    boxes = [t.get_window_extent() for t in labels]
+    assert 3 <= len(labels) <= 7 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["resnet_50 (200 values)", "vit_ti (200 values; 2 unconverged batches left out)",
+                      "pit_ti (0 values; 3 unconverged batches left out)"]
+    lo, hi = ax.get_xlim()
+    assert lo < -40 and hi > 300
+    plt.close(fig)
