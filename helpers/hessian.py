@@ -246,7 +246,8 @@ def spectral_density(nodes, weights, grid, *, sigma):
     grid = torch.as_tensor(grid, dtype=torch.float64)
     density = torch.zeros_like(grid)
     for run_nodes, run_weights in zip(nodes, weights):
-        run_nodes, run_weights = torch.as_tensor(run_nodes).double(), torch.as_tensor(run_weights).double()
+        run_nodes = torch.as_tensor(run_nodes, dtype=torch.float64)  # lists of floats: float64, not the default
+        run_weights = torch.as_tensor(run_weights, dtype=torch.float64)
         gaussians = torch.exp(-(grid[:, None] - run_nodes[None]) ** 2 / (2 * sigma ** 2)) / (sigma * (2 * np.pi) ** 0.5)
         density += gaussians @ run_weights  # (grid, runs) @ (runs,)
     return density / len(nodes)

@@ -237,6 +237,9 @@ def eigenvalue_density(ax, samples, *, excluded=None):
         else:
             ax.plot([], [], color=color, label=label)
     ax.axvline(0, color="black", lw=0.5)
+    if not any(len(values) for values in samples.values()):
+        ax.set_ylim(1e-2, 1)  # nothing to draw: a log axis needs limits all the same
+        ax.text(0.5, 0.5, "no converged batch", transform=ax.transAxes, ha="center", color="dimgray")
     ax.set_yscale("log")
     symlog_axis(ax, linthresh, limit)
     ax.legend(fontsize=7)

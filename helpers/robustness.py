@@ -17,8 +17,11 @@ one row of a table bound to the experiment's definition (`Config`): a rerun skip
 units over ranks (`torchrun --nproc-per-node N -m helpers.robustness ...`).
 """
 import math
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -222,11 +225,20 @@ def clean_test_set(config):
 
 
 def corrupted_set(config):
-    """CIFAR-100-C (downloaded, given by `cifar100c`, or a small synthetic one for a smoke run)."""
+    """CIFAR-100-C (downloaded, given by `cifar100c`, or for a smoke run a small synthetic one, kept in the results
+    folder so that every rank and every rerun reads the same images)."""
     if config.smoke:
         names = config.corruptions or SMOKE_CORRUPTIONS
-        return data.synthetic_cifar100c(tempfile.mkdtemp(prefix="cifar100c-smoke-"), n=config.images,
-                                        corruptions=names)
+        folder = config.results_folder() / "smoke" / f"CIFAR-100-C-{config.images}-{'-'.join(names)}"
+        if not folder.is_dir():  # written aside, then renamed: ranks racing here each rename a whole folder
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".partial-"))
+            data.synthetic_cifar100c(partial, n=config.images, corruptions=names)
+            try:
+                os.rename(partial, folder)
+            except OSError:  # another rank was first
+                shutil.rmtree(partial, ignore_errors=True)
+        return data.CorruptedCIFAR(folder)
     corrupted = data.CorruptedCIFAR(config.cifar100c) if config.cifar100c else data.cifar100c(
         config.data_root, mirror=config.mirror)
     return corrupted if config.images is None else corrupted.first(config.images)
