@@ -312,3 +312,31 @@ def test_a_rerun_with_another_weight_decay_or_data_size_recomputes(tmp_path, cap
         assert "(1 computed by this run)" in capsys.readouterr().out
     assert landscape.main(args) == 0
     assert "(0 computed by this run)" in capsys.readouterr().out
+
+
+def test_an_unwritable_results_folder_is_one_line_naming_it(tmp_path, capsys):
+    blocked = tmp_path / "results"
+    blocked.write_text("a file where the results folder should be")
+    status = landscape.main(["--models", "resnet_18", "--smoke", "--points", "1", "--results", str(blocked)])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and err.startswith(f"error: [Errno") and f"Cannot write to {blocked}" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_ctrl_c_keeps_the_finished_points_and_the_same_command_resumes(tmp_path, capsys, monkeypatch):
+    args = ["--models", "resnet_18", "--smoke", "--points", "2", "--results", str(tmp_path)]
+    calls, real = [], landscape.evaluate
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(landscape, "evaluate", interrupted)
+    assert landscape.main(args) == 130
+    out = capsys.readouterr().out
+    assert "Interrupted: 2 of 4 units are saved in" in out and "run the same command (or cell) again to resume" in out
+    monkeypatch.setattr(landscape, "evaluate", real)
+    assert landscape.main(args) == 0
+    assert "4 of 4 units finished (2 computed by this run)" in capsys.readouterr().out
