@@ -15,10 +15,9 @@ import statistics
 
 import torch
 
-import helpers
 from helpers import fourier, models, variance
 from helpers.blocks import split
-from timing import timed
+from timing import add_device_options, device_of, timed
 
 
 def measurements(model):
@@ -58,14 +57,10 @@ def main():
     parser.add_argument("--batch-size", type=int, help="default: 8 on the CPU, 256 on a GPU")
     parser.add_argument("--repeats", type=int, default=10, help="rounds of alternating measurements")
     parser.add_argument("--warm-up", type=int, default=1, help="untimed rounds first")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads on the CPU; one is steadiest on a busy machine (0: torch's default)")
-    parser.add_argument("--device", default=None, help="default: CUDA, then MPS, then CPU")
+    add_device_options(parser)
     args = parser.parse_args()
-    device = torch.device(args.device) if args.device else helpers.pick_device()
+    device = device_of(args)
     batch_size = args.batch_size or (8 if device.type == "cpu" else 256)
-    if device.type == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
 
     print(f"{batch_size} images of 32 x 32 on {device} ({torch.get_num_threads()} CPU threads), "
           f"median of {args.repeats} alternating rounds; goal for features and feature maps: ratio <= 1.1")

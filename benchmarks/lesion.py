@@ -15,9 +15,8 @@ import statistics
 
 import torch
 
-import helpers
 from helpers import lesion, models
-from timing import timed
+from timing import add_device_options, device_of, timed
 
 
 @torch.no_grad()
@@ -50,14 +49,10 @@ def main():
     parser.add_argument("--batch-size", type=int, help="default: 16 on the CPU, 500 on a GPU")
     parser.add_argument("--batches", type=int, default=2, help="batches per evaluation pass")
     parser.add_argument("--warm-up", type=int, default=1, help="untimed bare and lesioned passes first")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads on the CPU; one is steadiest on a busy machine (0: torch's default)")
-    parser.add_argument("--device", default=None, help="default: CUDA, then MPS, then CPU")
+    add_device_options(parser)
     args = parser.parse_args()
-    device = torch.device(args.device) if args.device else helpers.pick_device()
+    device = device_of(args)
     batch_size = args.batch_size or (16 if device.type == "cpu" else 500)
-    if device.type == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
 
     print(f"{args.batches} batches of {batch_size} images of 32 x 32 on {device} "
           f"({torch.get_num_threads()} CPU threads); goal: sweep / (units x bare pass) <= 1.05")

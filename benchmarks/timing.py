@@ -3,6 +3,8 @@ import time
 
 import torch
 
+import helpers
+
 
 def synchronize(device):
     """Wait for queued GPU work, so that a timer measures the work and not its launch."""
@@ -17,3 +19,18 @@ def timed(function, device, *args):
     function(*args)
     synchronize(device)
     return time.perf_counter() - start
+
+
+def add_device_options(parser):
+    """--device and --threads, the options every benchmark takes."""
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads on the CPU; one is steadiest on a busy machine (0: torch's default)")
+    parser.add_argument("--device", default=None, help="default: CUDA, then MPS, then CPU")
+
+
+def device_of(args):
+    """The device of `--device` (default: CUDA, then MPS, then CPU), with `--threads` applied on the CPU."""
+    device = torch.device(args.device) if args.device else helpers.pick_device()
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    return device

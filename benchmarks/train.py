@@ -27,11 +27,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-import helpers
 from helpers import data, models
 from helpers import train as training
 from helpers.recipes import RECIPES
-from timing import synchronize
+from timing import add_device_options, device_of, synchronize
 
 
 def hand_written(model, train_set, recipe, *, batch_size, workers, same_step):
@@ -82,15 +81,11 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (in-memory images need none)")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of alternating epochs")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads on the CPU; one is steadiest on a busy machine (0: torch's default)")
     parser.add_argument("--progress", action="store_true",
                         help="ours with its progress bars, as users run it (they read the loss every 20 steps)")
-    parser.add_argument("--device", default=None, help="default: CUDA, then MPS, then CPU")
+    add_device_options(parser)
     args = parser.parse_args()
-    device = torch.device(args.device) if args.device else helpers.pick_device()
-    if device.type == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
+    device = device_of(args)
     if args.images % args.batch_size:
         raise SystemExit(f"--images {args.images} is not a multiple of --batch-size {args.batch_size}: the last, "
                          f"smaller batch would be dropped by one loop and not the other")

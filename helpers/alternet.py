@@ -49,6 +49,10 @@ def drop_path(sd):
     return DropPath(sd) if sd > 0.0 else nn.Identity()
 
 
+# The blocks below repeat each other's shape on purpose: each mirrors the original class whose attribute names
+# (`shortcut`, `bn`, `conv1`, ..., `sd`) are the official AlterNet keys, so they are not folded into one. The
+# post-activation blocks of helpers/resnet.py do the same for the official ResNet checkpoint.
+
 class PreActBasicBlock(nn.Module):
     """Conv block of AlterNet-18/34: BN-ReLU-conv3x3 twice, stride on the first conv."""
     expansion = 1

@@ -30,7 +30,7 @@ import torch
 from helpers import data, experiment, models, train
 from helpers.alternet import Layout
 from helpers.common import pick_device, rank
-from helpers.experiment import Experiment, positive, setting
+from helpers.experiment import positive, setting
 
 
 @dataclass(frozen=True)
@@ -71,24 +71,14 @@ def build_up(num_blocks, accuracy):
 # training module (the strong recipe) and keeps its checkpoint and metrics: one stored row per visited layout.
 
 @dataclass
-class Config(Experiment):
-    """The build-up rule from a baseline, each variant trained for the same budget."""
+class Config(train.Training):
+    """The build-up rule from a baseline, each variant trained with the same recipe and budget."""
     baseline: str = setting("alternet_50", "the baseline: blocks per stage and block types of the variants (the "
                             "authors' animation: AlterNet-50's (3, 4, 6, 4) pre-activation bottlenecks)",
                             choices=("alternet_18", "alternet_34", "alternet_50", "alternet_101"))
-    dataset: str = setting("cifar100", "the dataset", choices=tuple(data.NUM_CLASSES))
-    recipe: str = setting("strong", "the authors' training recipe", choices=tuple(train.RECIPES))
-    epochs: int = setting(30, "training epochs of each variant after warm-up (the paper: 300)", smoke=1,
-                          check=positive)
-    warmup_epochs: int = setting(1, "warm-up epochs of each variant (the paper: 5)", smoke=0)
-    batch_size: int | None = setting(None, "global batch size (None: the recipe's 96)", smoke=8, check=positive)
-    images: int | None = setting(None, "training images, the first of a seeded shuffle (None: all)", smoke=8,
+    epochs: int | None = setting(30, "training epochs of each variant after warm-up (the paper: 300)", smoke=1,
                                  check=positive)
-    test_images: int | None = setting(None, "test images evaluated, from the first (None: all)", smoke=16,
-                                      check=positive)
-    eval_batch_size: int = setting(256, "images per evaluation batch", identity=False, check=positive)
-    seed: int = setting(0, "initial weights, data order and augmentations of every variant")
-    workers: int | None = setting(None, "data-loading processes (None: up to 4)", identity=False, smoke=0)
+    warmup_epochs: int | None = setting(1, "warm-up epochs of each variant (the paper: 5)", smoke=0)
     folder: str = setting("checkpoints/buildup", "the variants' checkpoints, a folder per definition (a smoke run: "
                           "RESULTS/smoke/buildup)", identity=False)
 

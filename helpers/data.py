@@ -165,6 +165,16 @@ def sample(dataset, n=None, *, seed=0):
     return Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist())
 
 
+def training_set(config, transform, name="cifar100"):
+    """The training split of `name` with `transform`, the first `config.images` of a shuffle seeded by
+    `config.seed` (synthetic images when `config.smoke`): what every experiment trains or measures on. `config` is an
+    experiment config (smoke, images, seed, data_root, mirror)."""
+    if config.smoke:
+        return synthetic(config.images, name, seed=config.seed)
+    dataset_ = dataset(name, config.data_root, train=True, transform=transform, mirror=config.mirror)
+    return sample(dataset_, config.images, seed=config.seed)
+
+
 def fingerprint(dataset):
     """The identity and size of `dataset`, for the definition of a stored result: a digest of its raw content (a
     CIFAR split's uint8 images and labels, a tensor dataset's tensors, an image folder's file names and sizes),

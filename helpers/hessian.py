@@ -337,20 +337,12 @@ class Config(Pretrained):
             raise ValueError(f"max_steps={self.max_steps}: Lanczos needs at least k={self.k} steps for k eigenvalues")
 
 
-def training_set(config):
-    """CIFAR-100's training images with the strong recipe's transform (synthetic ones when smoke)."""
-    if config.smoke:
-        return data.synthetic(config.images, seed=config.seed)
-    dataset = data.dataset("cifar100", config.data_root, train=True, transform=STRONG.train_transform("cifar100"),
-                           mirror=config.mirror)
-    return data.sample(dataset, config.images, seed=config.seed)
-
-
 def run(config, *, progress=True):
     """Every model's spectra for every loss of `config`: this rank's unfinished units computed and stored; returns
     one `experiment.Outcome` per model."""
     config = config.resolved()
-    device, dataset, outcomes = pick_device(), training_set(config), []
+    device, outcomes = pick_device(), []
+    dataset = data.training_set(config, STRONG.train_transform("cifar100"))
     units = [{"weight_decay": wd, "batch": b} for wd in config.weight_decays for b in range(len(
         batch_indices(dataset, batch_size=config.batch_size, fraction=config.fraction, seed=config.seed)))]
     for name in config.models:

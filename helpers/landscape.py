@@ -276,22 +276,12 @@ def read_published(path):
 
 # The experiment: the notebook and `python -m helpers.landscape` both call `run`
 
-def training_set(config):
-    """The training images of `config`: CIFAR-100 with the strong recipe's transform (synthetic ones when smoke),
-    the first `config.images` of a shuffle seeded by `config.seed`."""
-    if config.smoke:
-        return data.synthetic(config.images, seed=config.seed)
-    dataset = data.dataset("cifar100", config.data_root, train=True, transform=STRONG.train_transform("cifar100"),
-                           mirror=config.mirror)
-    return data.sample(dataset, config.images, seed=config.seed)
-
-
 def run(config, *, progress=True):
     """The landscape of every model of `config`: this rank's unfinished points computed and stored; returns one
     `experiment.Outcome` per model (`read(outcome.table, outcome.units)` is its table)."""
     config = config.resolved()
     device = pick_device()
-    dataset = training_set(config)
+    dataset = data.training_set(config, STRONG.train_transform("cifar100"))
     points = grid_points(config.points, span=config.span, one_dimensional=config.one_dimensional)
     augmented = []
 

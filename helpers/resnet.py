@@ -23,6 +23,9 @@ def shortcut(in_channels, out_channels, stride):
     return conv_bn(in_channels, out_channels, kernel_size=1, stride=stride, relu=False)
 
 
+# BasicBlock and Bottleneck repeat each other's shape on purpose: each mirrors the original class whose attribute
+# names (`shortcut`, `conv1`, ..., `sd`) are the official checkpoint's keys, so they are not folded into one.
+
 class BasicBlock(nn.Module):
     expansion = 1
 

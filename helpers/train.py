@@ -39,7 +39,7 @@ from helpers import data, experiment
 from helpers import models as models_module  # `models` is the name of a Config field
 from helpers.common import Rank, evaluating, pick_device, rank, writing
 from helpers.common import save as save_checkpoint  # atomic; tests patch this name
-from helpers.experiment import Pretrained, positive, setting
+from helpers.experiment import Experiment, Pretrained, positive, setting
 from helpers.metrics import BINS, Accumulator
 from helpers.recipes import RECIPES, STRONG
 
@@ -342,14 +342,8 @@ def train(model, train_set, test_set=None, *, name, recipe=STRONG, dataset="cifa
 # The experiment: the classification notebook and `python -m helpers.train` both read `Config`
 
 @dataclass
-class Config(Pretrained):
-    """The accuracy table of `models` (official weights or `checkpoints`) and the training of `model`."""
-    models: list[str] = setting(["resnet_50", "swin_ti", "pit_ti", "vit_ti"],
-                                "models evaluated with their official weights (or the files of `checkpoints`)",
-                                identity=False)
-    model: str = setting("alternet_50", "the model to train", choices=models_module.NAMES)
-    model_args: dict[str, object] = setting({}, "keywords for helpers.models.create (on the command line: depth=1 "
-                                            "embed_dim=64)")
+class Training(Experiment):
+    """How a model is trained with the authors' recipe, and on what: shared by the training and the build-up."""
     dataset: str = setting("cifar100", "the dataset", choices=tuple(data.NUM_CLASSES))
     recipe: str = setting("strong", "the authors' training recipe: strong (AdamW, cosine) or weak (SGD, steps)",
                           choices=tuple(RECIPES))
@@ -369,6 +363,17 @@ class Config(Pretrained):
                           "RESULTS/smoke/trained)", identity=False)
 
 
+@dataclass
+class Config(Training, Pretrained):
+    """The accuracy table of `models` (official weights or `checkpoints`) and the training of `model`."""
+    models: list[str] = setting(["resnet_50", "swin_ti", "pit_ti", "vit_ti"],
+                                "models evaluated with their official weights (or the files of `checkpoints`)",
+                                identity=False)
+    model: str = setting("alternet_50", "the model to train", choices=models_module.NAMES)
+    model_args: dict[str, object] = setting({}, "keywords for helpers.models.create (on the command line: depth=1 "
+                                            "embed_dim=64)")
+
+
 def training_folder(config):
     """Where `config`'s training writes: `folder`, or for a smoke run smoke/trained in the results folder (so fresh
     weights never land beside real checkpoints)."""
@@ -377,16 +382,12 @@ def training_folder(config):
 
 def datasets_of(config):
     """(training set with the recipe's transform, test set), or synthetic stand-ins when smoke."""
+    train_set = data.training_set(config, RECIPES[config.recipe].train_transform(config.dataset), config.dataset)
     if config.smoke:
-        return (data.synthetic(config.images, config.dataset, seed=0),
-                data.synthetic(config.test_images, config.dataset, seed=1))
-    recipe = RECIPES[config.recipe]
-    train_set = data.dataset(config.dataset, config.data_root, train=True, transform=recipe.train_transform(
-        config.dataset), mirror=config.mirror)
+        return train_set, data.synthetic(config.test_images, config.dataset, seed=config.seed + 1)
     test_set = data.dataset(config.dataset, config.data_root, train=False, transform=data.test_transform(
         config.dataset), mirror=config.mirror)
-    return (data.sample(train_set, config.images, seed=config.seed),
-            Subset(test_set, range(min(config.test_images or len(test_set), len(test_set)))))
+    return train_set, Subset(test_set, range(min(config.test_images or len(test_set), len(test_set))))
 
 
 def accuracy_table(config, *, progress=True):
