@@ -1,5 +1,8 @@
 """The build-up rule against the authors' animation (README, resources/vit/buildup_v.key) and a case of our own."""
 from itertools import islice
+from pathlib import Path
+
+import pytest
 
 from helpers.alternet import Layout
 from helpers.buildup import build_up
@@ -82,3 +85,19 @@ def test_resuming_from_stored_results_visits_the_same_layouts():
     assert asked == [name for name, *_ in ANIMATION]  # the first four were not evaluated again
     assert steps[:4] == first
 
+
+
+def test_the_trained_walk_is_stored_per_variant_and_replayed_without_training(tmp_path, monkeypatch):
+    from helpers import buildup, train
+
+    config = buildup.Config(smoke=True, baseline="alternet_18", results=str(tmp_path))
+    (outcome,) = buildup.run(config, progress=False)
+    names = [unit["layout"] for unit in outcome.units]
+    assert names[0] == "resnet" and len(names) == 5 and outcome.table.computed == 5  # (2, 2, 2, 2): one per stage
+    checkpoints = [row["checkpoint"] for row in outcome.table.rows()]
+    assert all(Path(path).exists() and "smoke" in path for path in checkpoints)
+    monkeypatch.setattr(train, "train", lambda *a, **kw: pytest.fail("a stored variant was trained again"))
+    (again,) = buildup.run(config, progress=False)
+    assert again.table.computed == 0 and [u["layout"] for u in again.units] == names
+    steps = buildup.steps(again, config.baseline)
+    assert list(steps.layout) == names and steps.parent.iloc[0] == "" and steps.best.iloc[-1] in names

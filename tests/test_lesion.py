@@ -143,3 +143,25 @@ def test_the_block_that_carries_the_prediction_has_the_largest_drop():
     largest_class_share = labels.bincount().max().item() / len(labels)
     assert drops["blocks.1.attn"] >= 1 - largest_class_share - 1e-12  # one prediction left for every image
     assert all(drop == 0.0 for block, drop in drops.items() if block != "blocks.1.attn")
+
+
+def test_the_stored_sweep_resumes_and_its_figure_table_marks_what_cannot_be_removed(tmp_path):
+    from helpers import lesion
+
+    config = lesion.Config(smoke=True, models=["pit_ti"], results=str(tmp_path))
+    (outcome,) = lesion.run(config, progress=False)
+    assert outcome.table.computed == len(outcome.units) == 1 + 24  # intact, then 12 msa and 12 mlp blocks
+    (again,) = lesion.run(config, progress=False)
+    assert again.table.computed == 0 and again.table.folder == outcome.table.folder
+    blocks = split(config.resolved().pretrained("pit_ti"))
+    table = lesion.drops(outcome, blocks)
+    assert list(table.block) == [b.name for b in blocks.layers]
+    assert set(table[~table.removable].kind) == {"embed", "pool"} and table[~table.removable].accuracy_drop.isna().all()
+    assert table[table.removable].accuracy_drop.notna().all()
+    intact = outcome.table.frame(outcome.units).set_index("block").loc[lesion.INTACT]
+    row = table[table.block == "transformers.1.blocks.0.attn"].iloc[0]
+    removed = lesion_metrics(blocks, lesion.evaluation_batches(config.resolved(), "cpu")[1],
+                             lesion="transformers.1.blocks.0.attn")
+    assert row.accuracy_drop == pytest.approx(intact.accuracy - removed.accuracy)
+    assert list(table[table.stage_end].block) == ["transformers.0.blocks.1.mlp", "transformers.1.blocks.5.mlp",
+                                                  "transformers.2.blocks.3.mlp"]

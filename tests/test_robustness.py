@@ -542,3 +542,25 @@ def test_the_real_path_reads_cifar100c_through_its_folder_and_the_images_cap(tmp
     np.testing.assert_array_equal(corrupted.images("gaussian_noise", 3), arrays["gaussian_noise"][12:14])
     np.testing.assert_array_equal(corrupted.labels(3), labels[12:14])
     assert corrupted.fingerprint() != data.CorruptedCIFAR(tmp_path / "CIFAR-100-C").fingerprint()
+
+
+def test_the_imagenet_mode_of_the_config_runs_timm_counterparts_on_a_synset_folder(tmp_path, monkeypatch):
+    import timm
+
+    from helpers import models
+
+    made = []
+
+    def counterpart(name, pretrained=True):  # the hub is out of reach: the same model without its weights
+        made.append(models.entry(name).imagenet)
+        return timm.create_model(models.entry(name).imagenet, pretrained=False).eval()
+
+    monkeypatch.setattr(models, "imagenet_model", counterpart)
+    config = robustness.Config(models=["resnet_18"], sweeps=["noise"], imagenet=str(imagenet_folder(tmp_path / "val")),
+                               images=4, batch_size=2, frequencies=[0.5], results=str(tmp_path / "results"))
+    (outcome,) = robustness.run(config, progress=False)
+    assert made == ["resnet18"] and outcome.table.folder.name.startswith("resnet_18_imagenet-")
+    _, noise_table = robustness.tables([outcome])
+    assert list(noise_table.frequency) == [0.0, 0.5] and set(noise_table["count"]) == {4}
+    definition = (outcome.table.folder / "definition.json").read_text()
+    assert '"image folder"' in definition  # its identity is the folder's files, not CIFAR's
