@@ -319,7 +319,7 @@ def test_an_unwritable_results_folder_is_one_line_naming_it(tmp_path, capsys):
     blocked.write_text("a file where the results folder should be")
     status = landscape.main(["--models", "resnet_18", "--smoke", "--points", "1", "--results", str(blocked)])
     err = capsys.readouterr().err.strip()
-    assert status == 1 and err.startswith(f"error: [Errno") and f"Cannot write to {blocked}" in err
+    assert status == 1 and err.startswith("error: [Errno") and f"Cannot write to {blocked}" in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 

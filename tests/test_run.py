@@ -49,7 +49,7 @@ def test_flags_take_true_or_false_in_any_case(value, expected):
 
 @pytest.mark.parametrize("value", ["maybe", "1", "yes", "''"])
 def test_flags_refuse_anything_else_before_running(notebook, tmp_path, value):
-    with pytest.raises(SystemExit, match=f"smoke=.* must be True or False"):
+    with pytest.raises(SystemExit, match="smoke=.* must be True or False"):
         run.main([str(notebook), "-p", f"smoke={value}", "-o", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
 
