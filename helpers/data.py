@@ -242,11 +242,11 @@ class CorruptedCIFAR:
         self.corruptions = tuple(name for name in ALL_CORRUPTIONS if (self.folder / f"{name}.npy").is_file())
 
     def first(self, n):
-        """The same folder, reading only the first `n` images of each severity."""
-        if not 1 <= n <= self.available:
-            raise ValueError(f"{self.folder} holds {self.available} images per severity, not {n}")
+        """The same folder, reading only the first `n` images of each severity (all of them if it holds fewer)."""
+        if n < 1:
+            raise ValueError(f"a CIFAR-C subset needs at least one image per severity, not {n}")
         subset = copy.copy(self)
-        subset.per_severity = n
+        subset.per_severity = min(n, self.available)
         return subset
 
     def _rows(self, severity):
