@@ -11,6 +11,7 @@ from http_server import serve
 
 from helpers import download, run
 
+pytestmark = pytest.mark.rehearsal  # four minutes on 2 cores: its own step in .ci/run (python -m pytest -m rehearsal)
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = [("resnet_50", "691cc9a9e4"), ("vit_ti", "9857b21357")]  # every notebook's default models include one
 
