@@ -7,6 +7,7 @@ The depth axis, as in the authors' notebooks, comes from the blocks (`Blocks.lay
 at a block, `[(i - 1)/(n - 1), i/(n - 1)]`, is shaded from its `Block.shade`: grey for an MSA, blue for subsampling.
 For ResNet-50 and ViT-Ti that is exactly the authors' `pools = [4, 8, 14]` and `msas = [1, 3, ..., 23]`.
 """
+import collections
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -138,6 +139,7 @@ def build_up(ax, steps, column="accuracy", *, scale=100):
     the best layout at the end of an earlier stage."""
     by_layout = steps.set_index("layout")
     colors = plt.get_cmap(DEPTH_COLORMAP)(np.linspace(0.1, 0.8, max(len(steps), 2)))
+    labelled = collections.Counter()  # labels already at a point: tied variants get theirs stacked, not overprinted
     for row, color in zip(steps.itertuples(), colors):
         value = scale * getattr(row, column)
         if row.parent:
@@ -147,7 +149,10 @@ def build_up(ax, steps, column="accuracy", *, scale=100):
         ax.plot(row.msas, value, "s", color=color, mfc=color if row.kept else "white", ms=7, zorder=3)
         added = sorted(set(row.layout.split("+")) - set(row.parent.split("+")))
         label = ("rule 2: " if row.rule_2 else "") + ("+" + added[0] if row.parent else "baseline")
-        ax.annotate(label, (row.msas, value), textcoords="offset points", xytext=(6, 4 if row.kept else -10),
+        stacked = labelled[row.msas, round(value, 6), row.kept]
+        labelled[row.msas, round(value, 6), row.kept] += 1
+        ax.annotate(label, (row.msas, value), textcoords="offset points",
+                    xytext=(6, 4 + 9 * stacked if row.kept else -10 - 9 * stacked),
                     fontsize=7, color="tab:red" if row.rule_2 else "black")
     ax.set_xticks(sorted(steps.msas.unique()))
     ax.set_xlabel("MSA number")

@@ -8,7 +8,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import models, plots  # noqa: E402
+from helpers import alternet, models, plots  # noqa: E402
 from helpers.blocks import split  # noqa: E402
 
 # From the authors' fourier_analysis.ipynb / featuremap_variance.ipynb: indices into the non-head blocks,
@@ -106,4 +106,20 @@ def test_eigenvalue_density_ticks_never_collide_and_count_what_was_left_out():
                       "pit_ti (0 values; 3 unconverged batches left out)"]
     lo, hi = ax.get_xlim()
     assert lo < -40 and hi > 300
+    plt.close(fig)
+
+
+def test_build_up_labels_of_tied_variants_are_stacked_not_overprinted():
+    # Four variants with one MSA, three of them tied at the baseline's accuracy (as a short budget gives).
+    baseline = alternet.BASELINE
+    steps = pd.DataFrame({"layout": [baseline, "c4.1", "c3.1", "c2.1", "c1.1"], "msas": [0, 1, 1, 1, 1],
+                          "parent": ["", baseline, baseline, baseline, baseline], "accuracy": [0.1, 0.1, 0.1, 0.1, 0.12],
+                          "kept": [True, False, False, False, True], "rule_2": [False, False, True, True, True]})
+    fig, ax = plt.subplots(figsize=(4, 3))
+    plots.build_up(ax, steps)
+    fig.canvas.draw()
+    texts = [t for t in ax.texts if t.get_text() != "baseline"]
+    boxes = [t.get_window_extent() for t in texts]
+    assert sorted(t.get_text() for t in texts) == ["+c4.1", "rule 2: +c1.1", "rule 2: +c2.1", "rule 2: +c3.1"]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     plt.close(fig)
