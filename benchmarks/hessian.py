@@ -20,9 +20,9 @@ L2 (PyHessian has no penalty), model in eval mode; all three use double-backward
     python benchmarks/hessian.py [--device cpu] [--threads 1] [--repeats 3] [--models cnn vit vit_ti] [--batch-size 16]
 """
 import argparse
+import importlib
 
 import hessian_eigenthings
-import pyhessian.hessian
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
@@ -32,6 +32,7 @@ from helpers import hessian, models
 from helpers.losses import nll
 from timing import add_device_options, device_of, timed
 
+PYHESSIAN = importlib.import_module("pyhessian.hessian")  # the module: the package's attribute of that name is its class
 ACCURACY = 1e-4  # relative error of the top-5 by magnitude that every method must reach
 PYHESSIAN_TOLS = [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8]  # its default first
 EIGENTHINGS_STEPS = [10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 130, 160, 200]  # its default (2k) first
@@ -92,20 +93,20 @@ def ours(model, inputs, targets, setting=None):
 
 
 def pyhessian_power_iteration(model, inputs, targets, tol):
-    calls, product = [0], pyhessian.hessian.hessian_vector_product
+    calls, product = [0], PYHESSIAN.hessian_vector_product
 
     def counted(*args):  # counts its Hessian-vector products
         calls[0] += 1
         return product(*args)
 
     torch.manual_seed(1)
-    pyhessian.hessian.hessian_vector_product = counted
+    PYHESSIAN.hessian_vector_product = counted
     try:
         with hessian.math_attention():
-            computer = pyhessian.hessian.hessian(model, nll, data=(inputs, targets), cuda=inputs.is_cuda)
+            computer = PYHESSIAN.hessian(model, nll, data=(inputs, targets), cuda=inputs.is_cuda)
             values, _ = computer.eigenvalues(maxIter=10_000, tol=tol, top_n=5)
     finally:
-        pyhessian.hessian.hessian_vector_product = product
+        PYHESSIAN.hessian_vector_product = product
         model.zero_grad(set_to_none=True)  # PyHessian leaves graph-carrying .grad behind
     return by_magnitude(values), calls[0], ""
 
