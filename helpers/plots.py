@@ -260,15 +260,17 @@ def loss_landscapes(tables, *, clip=42):
         for row, (name, (x, y, z)) in enumerate(grids.items()):
             finite = z[np.isfinite(z)]
             z = z - finite.min() if finite.size else np.full_like(z, np.nan)  # all infinite: nothing to draw
+            left_out = int((~(z <= clip)).sum())
             z[~(z <= clip)] = np.nan
+            title = name + (f"\n{left_out} of {z.size} points left out (infinite or > min + {clip})" if left_out else "")
             surface = fig.add_subplot(len(grids), 2, 2 * row + 1, projection="3d")
             surface.plot_surface(x, y, z, cmap="plasma", vmin=0, vmax=clip, rcount=len(z), ccount=len(z), linewidth=0)
             surface.view_init(elev=15, azim=15)
-            surface.set(title=name, xlabel="x", ylabel="y", zlabel="NLL + L2 - min", zlim=(0, clip))
+            surface.set(title=title, xlabel="x", ylabel="y", zlabel="NLL + L2 - min", zlim=(0, clip))
             contour = fig.add_subplot(len(grids), 2, 2 * row + 2)
             lines = contour.contour(x, y, z, levels=np.arange(0, clip + 1, 3), cmap="plasma", vmin=0, vmax=clip)
             contour.clabel(lines, fontsize=7)
-            contour.set(title=name, xlabel="x", ylabel="y", aspect="equal")
+            contour.set(title=title, xlabel="x", ylabel="y", aspect="equal")
         fig.tight_layout()
         return fig
     fig, ax = plt.subplots(figsize=(5, 3.5))

@@ -123,3 +123,17 @@ def test_build_up_labels_of_tied_variants_are_stacked_not_overprinted():
     assert sorted(t.get_text() for t in texts) == ["+c4.1", "rule 2: +c1.1", "rule 2: +c2.1", "rule 2: +c3.1"]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     plt.close(fig)
+
+
+def test_a_landscape_says_how_many_points_it_left_out():
+    grid = [(x, y) for y in (-1.0, 0.0, 1.0) for x in (-1.0, 0.0, 1.0)]
+    loss = [np.inf if (x, y) != (0.0, 0.0) and x == -1.0 else 2.0 + abs(x) + abs(y) for x, y in grid]
+    loss[-1] = 100.0  # more than the clip above the minimum
+    xs, ys = zip(*grid)
+    tables = {"finite": pd.DataFrame({"x": xs, "y": ys, "loss": 2.0 + np.abs(grid).sum(1)}),
+              "exploding": pd.DataFrame({"x": xs, "y": ys, "loss": loss})}
+    fig = plots.loss_landscapes(tables)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:2] == ["finite", "finite"]
+    assert titles[2:] == ["exploding\n4 of 9 points left out (infinite or > min + 42)"] * 2
+    plt.close(fig)
