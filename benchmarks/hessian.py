@@ -223,7 +223,7 @@ def main():
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--batch-size", type=int, default=hessian.BATCH_SIZE)
     parser.add_argument("--baselines", nargs="+", choices=BASELINES, default=BASELINES,
-                        help="PyHessian takes about 1,400 products here: some 40 min for ViT-Ti on one CPU thread")
+                        help="PyHessian takes about 1,400 products: hours for ViT-Ti on a CPU (about 9 s a product on one thread)")
     args = parser.parse_args()
     # Where no dense Hessian is computed (ViT-Ti), the baselines run at the settings that sufficed on the small ViT:
     # found in this run when it includes "vit", else these, found so on a CPU.
