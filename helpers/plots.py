@@ -149,8 +149,8 @@ def build_up(ax, steps, column="accuracy", *, scale=100):
         ax.plot(row.msas, value, "s", color=color, mfc=color if row.kept else "white", ms=7, zorder=3)
         added = sorted(set(row.layout.split("+")) - set(row.parent.split("+")))
         label = ("rule 2: " if row.rule_2 else "") + ("+" + added[0] if row.parent else "baseline")
-        stacked = labelled[row.msas, round(value, 6), row.kept]
-        labelled[row.msas, round(value, 6), row.kept] += 1
+        place = row.msas, round(value, 6), row.kept
+        stacked, labelled[place] = labelled[place], labelled[place] + 1
         ax.annotate(label, (row.msas, value), textcoords="offset points",
                     xytext=(6, 4 + 9 * stacked if row.kept else -10 - 9 * stacked),
                     fontsize=7, color="tab:red" if row.rule_2 else "black")
@@ -260,9 +260,10 @@ def loss_landscapes(tables, *, clip=42):
         for row, (name, (x, y, z)) in enumerate(grids.items()):
             finite = z[np.isfinite(z)]
             z = z - finite.min() if finite.size else np.full_like(z, np.nan)  # all infinite: nothing to draw
-            left_out = int((~(z <= clip)).sum())
-            z[~(z <= clip)] = np.nan
-            title = name + (f"\n{left_out} of {z.size} points left out (infinite or > min + {clip})" if left_out else "")
+            hidden = ~(z <= clip)  # also NaN: infinite NLLs
+            z[hidden] = np.nan
+            title = name + (f"\n{hidden.sum()} of {z.size} points left out (infinite or > min + {clip})"
+                            if hidden.any() else "")
             surface = fig.add_subplot(len(grids), 2, 2 * row + 1, projection="3d")
             surface.plot_surface(x, y, z, cmap="plasma", vmin=0, vmax=clip, rcount=len(z), ccount=len(z), linewidth=0)
             surface.view_init(elev=15, azim=15)
