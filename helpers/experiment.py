@@ -300,7 +300,8 @@ def main(config_class, run, argv=None, description=None):
     from helpers.sweep import TableError
 
     summary_line = (description or "").strip().split("\n\n")[0]  # the module docstring's first paragraph
-    config = parse(config_class, argv, summary_line, prog=f"python -m {run.__module__}")
+    module = sys.modules[run.__module__]  # "__main__" under python -m; its spec keeps the name that was typed
+    config = parse(config_class, argv, summary_line, prog=f"python -m {getattr(module.__spec__, 'name', module.__name__)}")
     place = rank()
     if place.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")  # only for the barrier and the counts: units are shared by the tables

@@ -1,5 +1,8 @@
 """One definition per figure: configs, their command lines, and where their results live."""
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +22,13 @@ def test_the_command_line_is_the_config(config_class, capsys):
     for field in dataclasses.fields(config_class):
         assert "--" + field.name.replace("_", "-") in help_text
         assert " ".join(field.metadata["doc"].split())[:40] in help_text
+
+
+def test_the_usage_line_names_the_module_that_was_typed():
+    # under python -m the module is "__main__": the usage must still say what to type again
+    done = subprocess.run([sys.executable, "-m", "helpers.lesion", "--help"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], check=True)
+    assert done.stdout.startswith("usage: python -m helpers.lesion ")
 
 
 @pytest.mark.parametrize("config_class", CONFIGS, ids=lambda c: c.__module__)
