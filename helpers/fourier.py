@@ -14,6 +14,13 @@ last entry, so it depends on the map's size: π(1 - 2/H) is 0.94π for a 32 x 32
 The authors measured Fig. 2a and Fig. 8 on ImageNet (224 x 224 inputs, 56 x 56 to 7 x 7 maps); on CIFAR the
 deeper stages' maps are 8 x 8 and 4 x 4, whose "highest frequency" is much lower (the table keeps each map's `size`).
 
+The figures need the diagonal only, so `spectra` computes nothing else: the diagonal of a 2-D DFT is the 1-D DFT
+of the map's wrapped anti-diagonal sums, F(k, k) = sum_j s[j] e^(-2πikj/H) with s[j] the sum of x[m, n] over
+m + n = j (mod H), taken per image and channel before the log and the mean, as above. That costs one pass over the
+map instead of a 2-D FFT and a log per entry; `log_amplitude_spectrum` gives the whole 2-D spectrum for display.
+The half diagonal is defined for square maps only (H = W, as in every model of the paper): on an H x W map the
+frequency (k, k) would be k cycles per H rows but per W columns, so a non-square map raises a ValueError.
+
 The mean of log amplitudes over images is linear, so `spectra` accumulates it batch by batch and gives exactly
 the one-big-batch result. `imagenet_images` (at the end) and `helpers.models.imagenet_model` are the authors' own
 setting: timm's ImageNet-pretrained models on ImageNet validation images.
@@ -28,11 +35,43 @@ EPSILON = 1e-6  # the authors' floor under the amplitude before the log
 
 def log_amplitude_spectrum(x):
     """The shifted 2-D spectrum `H, W` of `x` (`B, C, H, W`): log(|FFT| + 1e-6) averaged over batch and channels."""
+    check_maps(x)
+    height, width = x.shape[-2:]
+    half = (torch.fft.rfft2(x.float()).abs() + EPSILON).log().mean(dim=(0, 1))  # H, W//2 + 1: columns 0 to W//2
+    # a real map's amplitude at (-k1, -k2) is the one at (k1, k2): the other columns are mirrored rows and columns
+    rows = -torch.arange(height, device=half.device) % height
+    columns = width - torch.arange(width // 2 + 1, width, device=half.device)
+    spectrum = torch.cat([half, half[rows][:, columns]], dim=-1)  # H, W
+    return torch.fft.fftshift(spectrum, dim=(-2, -1))  # zero frequency at (H//2, W//2)
+
+
+def log_amplitude_diagonal(x):
+    """The diagonal `H` of `log_amplitude_spectrum(x)` for square maps `B, C, H, H`, computed from a 1-D DFT: entry
+    `i` is the mean over batch and channels of log(|F(k, k)| + 1e-6) at k = i - H//2."""
+    check_maps(x)
+    batch, channels, height, width = x.shape
+    if height != width:
+        raise ValueError(f"The half diagonal needs square maps, got {height} x {width}: frequency (k, k) would pair "
+                         f"k cycles per {height} rows with k cycles per {width} columns.")
+    # F(k, k) = sum over m, n of x[m, n] e^(-2πik(m + n)/H) is the DFT of the wrapped anti-diagonal sums
+    # s[j] = sum over m + n = j (mod H) of x[m, n]: one pass over the map, then a DFT of length H per map
+    x = x.float()
+    doubled = torch.cat([x, x], dim=-1)  # B, C, H, 2H: x[m, (j - m) mod H] sits at column j - m + H
+    # a view that steps one row down and one column left per row, in whatever memory layout cat chose
+    batch_stride, channel_stride, row_stride, column_stride = doubled.stride()
+    skewed = doubled.as_strided((batch, channels, height, height),  # B, C, H, H: [m, j] is x[m, (j - m) mod H]
+                                (batch_stride, channel_stride, row_stride - column_stride, column_stride),
+                                doubled.storage_offset() + height * column_stride)
+    sums = skewed.sum(dim=-2)  # B, C, H
+    half = (torch.fft.rfft(sums).abs() + EPSILON).log().mean(dim=(0, 1))  # H//2 + 1: k = 0 to H//2
+    return half[(torch.arange(height, device=half.device) - height // 2).abs()]  # a real map's |F(-k, -k)| is |F(k, k)|
+
+
+def check_maps(x):
+    """Raise a ValueError unless `x` is a batch of maps `B, C, H, W`."""
     if x.ndim != 4:
         raise ValueError(f"Expected feature maps B, C, H, W, got shape {tuple(x.shape)}; "
                          f"turn tokens into maps with Block.to_map first.")
-    log_amplitude = (torch.fft.fft2(x.float()).abs() + EPSILON).log()  # B, C, H, W
-    return torch.fft.fftshift(log_amplitude.mean(dim=(0, 1)), dim=(-2, -1))  # zero frequency at (H//2, W//2)
 
 
 def half_diagonal(spectrum):
@@ -40,13 +79,18 @@ def half_diagonal(spectrum):
     height, width = spectrum.shape[-2:]
     if height != width:
         raise ValueError(f"The half diagonal needs a square spectrum, got {height} x {width}.")
-    diagonal = spectrum.diagonal(dim1=-2, dim2=-1)[..., height // 2:]
-    return diagonal - diagonal[..., :1]
+    return from_zero_frequency(spectrum.diagonal(dim1=-2, dim2=-1))
+
+
+def from_zero_frequency(diagonal):
+    """Entries `H//2 + k` of the diagonal `H` of a shifted spectrum, minus the zero frequency's: `ceil(H/2)` values."""
+    half = diagonal[..., diagonal.shape[-1] // 2:]
+    return half - half[..., :1]
 
 
 def relative_log_amplitude(x):
     """The authors' Fig. 2a curve of the feature maps `x` (`B, C, H, W`): Δ log amplitude at `frequencies(H)`."""
-    return half_diagonal(log_amplitude_spectrum(x))
+    return from_zero_frequency(log_amplitude_diagonal(x))
 
 
 def shifted_frequencies(size):
@@ -60,27 +104,30 @@ def frequencies(size):
 
 
 def spectra(blocks, batches):
-    """The mean shifted log-amplitude spectrum of every non-head block's feature maps over all images.
+    """The diagonal of the mean shifted log-amplitude spectrum (`log_amplitude_diagonal`, `H` values for `H x H`
+    maps) of every non-head block's feature maps over all images: what Fig. 2a and Fig. 8 need, without the rest of
+    the 2-D spectrum (`log_amplitude_spectrum`, for display).
 
     `blocks` is `helpers.blocks.split(model)`; `batches` yields image tensors or (images, labels) pairs (a
     DataLoader). Each batch goes through the model once (`Blocks.average`).
     """
-    return blocks.average(batches, log_amplitude_spectrum)
+    return blocks.average(batches, log_amplitude_diagonal)
 
 
 def relative_log_amplitudes(blocks, spectra):
     """Fig. 2a as a table, one row per (block, frequency): `block` (index among the non-head blocks), `depth`
     (block / (blocks - 1), the plots' axis), `name`, `kind`, `size` (the map's height H), `entry` (k),
-    `frequency` (in units of π) and `delta_log_amplitude`."""
+    `frequency` (in units of π) and `delta_log_amplitude`; `spectra` are the diagonals of `spectra(blocks, ...)`."""
     rows = []
     layers, depths = blocks.layers, blocks.depths()
-    if len(layers) != len(spectra):
-        raise ValueError(f"{len(spectra)} spectra for {len(layers)} non-head blocks; compute them with spectra(blocks, ...).")
-    for index, (block, spectrum) in enumerate(zip(layers, spectra)):
-        curve = half_diagonal(spectrum)
-        for entry, (frequency, value) in enumerate(zip(frequencies(spectrum.shape[-1]), curve)):
+    if len(layers) != len(spectra) or any(diagonal.ndim != 1 for diagonal in spectra):
+        raise ValueError(f"{len(spectra)} spectra of shapes {sorted({tuple(d.shape) for d in spectra})} for "
+                         f"{len(layers)} non-head blocks; compute their diagonals with spectra(blocks, ...).")
+    for index, (block, diagonal) in enumerate(zip(layers, spectra)):
+        size = diagonal.shape[-1]
+        for entry, (frequency, value) in enumerate(zip(frequencies(size), from_zero_frequency(diagonal))):
             rows.append({"block": index, "depth": depths[index], "name": block.name, "kind": block.kind,
-                         "size": spectrum.shape[-1], "entry": entry, "frequency": frequency.item(),
+                         "size": size, "entry": entry, "frequency": frequency.item(),
                          "delta_log_amplitude": value.item()})
     return pd.DataFrame(rows)
 

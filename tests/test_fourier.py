@@ -26,6 +26,26 @@ def test_equals_the_authors_procedure(size):
     assert torch.allclose(fourier.relative_log_amplitude(x), authors_curve(x), atol=1e-5)
 
 
+def textbook_spectrum(x):
+    """The whole complex 2-D FFT in float64, then the steps of `log_amplitude_spectrum`."""
+    return torch.fft.fftshift((torch.fft.fft2(x.double()).abs() + 1e-6).log().mean(dim=(0, 1)), dim=(-2, -1))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 2), (7, 7), (8, 8), (4, 6), (5, 8)])
+def test_spectrum_from_the_real_fft_equals_the_complex_one(shape):
+    x = torch.randn(3, 5, *shape)
+    assert torch.allclose(fourier.log_amplitude_spectrum(x).double(), textbook_spectrum(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 8, 16, 32])
+def test_diagonal_from_anti_diagonal_sums_equals_the_2d_spectrums(size):
+    x = torch.randn(3, 5, size, size)
+    assert torch.allclose(fourier.log_amplitude_diagonal(x).double(), textbook_spectrum(x).diagonal(), atol=1e-5)
+    tokens = torch.randn(2, size * size, 6)  # a token block's map is a strided view: B, C, H, W of B, HW, C
+    maps = tokens.transpose(1, 2).unflatten(-1, (size, size))
+    assert torch.allclose(fourier.log_amplitude_diagonal(maps).double(), textbook_spectrum(maps).diagonal(), atol=1e-5)
+
+
 def test_frequencies_of_the_half_diagonal_by_hand():
     assert fourier.frequencies(8).tolist() == [0, 0.25, 0.5, 0.75]  # Nyquist (1.0) is not on the half diagonal
     assert torch.allclose(fourier.frequencies(7), torch.tensor([0, 2 / 7, 4 / 7, 6 / 7]))
@@ -91,6 +111,17 @@ def test_blur_block_lowers_and_identity_minus_blur_raises_the_delta():
     assert table["size"].unique().tolist() == [16]  # each map's height: its highest frequency is pi (1 - 2/16)
     assert table["name"].unique().tolist() == ["stem", "filter"]  # the head (logits) is dropped
     assert table["depth"].unique().tolist() == [0, 1]
+
+
+def test_the_table_of_diagonals_equals_the_half_diagonals_of_whole_spectra():
+    blocks = toy_blocks(blur)
+    images = torch.randn(6, 3, 10, 10, generator=torch.Generator().manual_seed(2))
+    diagonals = fourier.spectra(blocks, [images])
+    assert [d.shape for d in diagonals] == [(10,), (10,)]
+    table = fourier.relative_log_amplitudes(blocks, diagonals)
+    whole = [fourier.half_diagonal(fourier.log_amplitude_spectrum(m)) for m in blocks.feature_maps(images)]
+    assert torch.allclose(torch.tensor(table["delta_log_amplitude"].to_numpy()), torch.cat(whole).double(), atol=1e-5)
+    assert table["size"].unique().tolist() == [10] and table["entry"].max() == 4
 
 
 def test_spectra_accumulated_over_batches_equal_one_big_batch():
