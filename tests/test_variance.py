@@ -30,6 +30,15 @@ def test_matches_numpy_over_samples_and_channels():
     assert np.isclose(variance.feature_map_variance(x).item(), expected)
 
 
+def test_a_large_offset_loses_no_precision():
+    x = 1000 + 0.01 * torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # float32 maps
+    exact = x.double().var(dim=(-2, -1)).mean()
+    assert torch.isclose(variance.feature_map_variance(x).double(), exact, rtol=1e-5)
+    tokens = x.flatten(2).transpose(1, 2)  # B, HW, C: a token block's map is a strided view of these
+    assert torch.isclose(variance.feature_map_variance(tokens.transpose(1, 2).unflatten(-1, (16, 16))).double(), exact,
+                         rtol=1e-5)
+
+
 def blur(x):
     return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="circular"), 3, stride=1)
 
