@@ -12,6 +12,9 @@ As the authors compute it (ops/loss_landscapes.py, ops/tests.py, losslandscape.i
   cross-entropy of the LOG OF THE SOFTMAX (it is inf where a probability underflows, as in the published
   grids), the mean over batches; Acc compares the argmax of the prediction with the argmax of the mixed target.
 - The loss is NLL + weight decay (0.05) x the sum over all parameters of their unsquared L2 norms.
+  The moved weights' L2 norms come from the inner products of w0, d1 and d2, taken once in float64: exact for
+  w0 + x d1 + y d2, of which the float32 weights set differ by rounding only; their L1 norms are float32 sums over
+  slices of dim 0 (relative error ~1e-8), added up in float64. The other parameters' norms are taken once.
 
 Our one departure: the authors drew new augmentations at every point; here every point sees the same
 augmented batches, drawn once from `seed` (each image's crop/flip/RandAugment from RNGs seeded by
@@ -26,6 +29,7 @@ from the seed on the CPU (norms in float64), and a digest of them is part of the
 other directions (other weights, seed or normalisation) are never read back.
 """
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,31 +181,53 @@ def grid_points(n=21, *, span=1.0, one_dimensional=False):
 
 
 class _Moved:
-    """Sets the perturbed parameters to w0 + x d1 + y d2 in place; restores w0 bit for bit on exit."""
+    """Sets the perturbed parameters to w0 + x d1 + y d2 in place; restores w0 bit for bit on exit. Each step is one
+    foreach op over all of them (one kernel on CUDA, no Python per parameter), queued without waiting for the device;
+    so are their L1 norms, and their L2 norms need no pass over the weights."""
 
     def __init__(self, parameters, directions):
-        self.parameters, self.directions = parameters, directions
+        self.parameters = list(parameters.values())
+        self.first, self.second = ([direction[name] for name in parameters] for direction in directions)
 
     @torch.no_grad()
     def __enter__(self):
-        self.origin = {name: p.detach().clone() for name, p in self.parameters.items()}
+        self.origin = [p.detach().clone() for p in self.parameters]
+        # per tensor, <w0, w0>, <d1, d1>, <d2, d2>, <w0, d1>, <w0, d2>, <d1, d2> in float64 on the CPU, once
+        self.products = torch.stack([inner_products(*tensors) for tensors in zip(self.origin, self.first, self.second)])
         return self
 
     @torch.no_grad()
     def to(self, x, y):
-        first, second = self.directions
-        for name, p in self.parameters.items():
-            torch.add(self.origin[name], first[name], alpha=x, out=p).add_(second[name], alpha=y)
+        torch._foreach_copy_(self.parameters, self.origin)
+        torch._foreach_add_(self.parameters, self.first, alpha=x)
+        torch._foreach_add_(self.parameters, self.second, alpha=y)
+
+    @torch.no_grad()
+    def l1_parts(self):
+        """The float32 sums of |w| per slice of dim 0 of every moved tensor, on the device: a sum over one slice is
+        one thread's, so the bits do not depend on the thread count, and short sums keep float32's rounding ~1e-8."""
+        return torch.cat([magnitude.flatten(1).sum(1) for magnitude in torch._foreach_abs(self.parameters)])
+
+    def l2(self, x, y):
+        """The sum over the moved tensors of ||w0 + x d1 + y d2||, from their inner products (no device work)."""
+        squares = self.products @ torch.tensor([1, x * x, y * y, 2 * x, 2 * y, 2 * x * y], dtype=torch.float64)
+        return squares.clamp_min(0).sqrt().sum().item()  # clamped: rounding may take a zero norm's square below 0
 
     @torch.no_grad()
     def __exit__(self, *exc):
-        for name, p in self.parameters.items():
-            p.copy_(self.origin[name])
+        torch._foreach_copy_(self.parameters, self.origin)
+
+
+def inner_products(origin, first, second):
+    """<w0, w0>, <d1, d1>, <d2, d2>, <w0, d1>, <w0, d2>, <d1, d2> of three tensors of one shape, in float64 on the CPU."""
+    w, a, b = (t.detach().cpu().double().flatten() for t in (origin, first, second))
+    return torch.stack([w @ w, a @ a, b @ b, w @ a, w @ b, a @ b])
 
 
 @torch.no_grad()
 def evaluate(model, batches, *, log_of_softmax=True):
-    """(NLL averaged over batches, accuracy over images) of `model` as it is, on (images, targets) batches."""
+    """`[NLL averaged over batches, accuracy over images]` of `model` as it is, on (images, targets) batches: a
+    float32 tensor on the model's device, returned without waiting for the device."""
     nll, correct, count, steps = 0.0, 0, 0, 0
     for images, targets in batches:
         logits = model(images)
@@ -210,7 +236,7 @@ def evaluate(model, batches, *, log_of_softmax=True):
         labels = targets.argmax(-1) if targets.ndim > 1 else targets
         correct = correct + (logits.argmax(-1) == labels).sum()
         count, steps = count + len(labels), steps + 1
-    return float(nll / steps), float(correct / count)  # one synchronisation per point
+    return torch.stack([nll / steps, correct / count])
 
 
 def landscape(model, batches, table, points, directions, *, weight_decay=STRONG.weight_decay, log_of_softmax=True,
@@ -226,11 +252,14 @@ def landscape(model, batches, table, points, directions, *, weight_decay=STRONG.
     directions = [{name: d[name].to(p.device, p.dtype) for name, p in parameters.items()} for d in directions]
     if table.todo(points) and callable(batches):
         batches = batches()
+    # the parameters that never move: their norms once, not at every point
+    fixed_l1, fixed_l2 = losses.norm_sums(p for name, p in model.named_parameters() if name not in parameters)
     with evaluating(model), _Moved(parameters, directions) as moved:
         def compute(point):
             moved.to(point["x"], point["y"])
-            nll, accuracy = evaluate(model, batches, log_of_softmax=log_of_softmax)
-            l1, l2 = losses.norm_sums(model.parameters())
+            metrics = evaluate(model, batches, log_of_softmax=log_of_softmax)
+            nll, accuracy, *l1_parts = torch.cat([metrics, moved.l1_parts()]).tolist()  # the point's one synchronisation
+            l1, l2 = fixed_l1 + math.fsum(l1_parts), fixed_l2 + moved.l2(point["x"], point["y"])
             # the "norm_sum" L2 penalty, from the sum just taken, as the authors' notebook adds it
             return {**point, "l1": l1, "l2": l2, "NLL": nll, "loss": nll + weight_decay * l2, "Acc": accuracy}
 

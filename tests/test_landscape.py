@@ -213,6 +213,16 @@ def test_only_perturbed_parameters_move_and_all_come_back_bit_for_bit(tmp_path):
     assert_bit_identical(model, before)
 
 
+def test_norm_columns_are_the_norm_sums_of_the_weights_at_each_point(tmp_path):
+    model, augmented = tiny(), batches()
+    seen = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(losses.norm_sums(module.parameters())))
+    table = sweep(model, augmented, tmp_path)
+    # float64 norms of the float32 weights as set, which differ from w0 + x d1 + y d2 by their rounding
+    for row, (l1, l2) in zip(table.itertuples(), seen[::len(augmented)]):
+        assert row.l1 == pytest.approx(l1, rel=1e-7) and row.l2 == pytest.approx(l2, rel=1e-7)
+
+
 def test_an_error_mid_sweep_restores_the_weights(tmp_path):
     model, augmented = tiny(), batches()
     before = snapshot(model)
