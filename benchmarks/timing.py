@@ -34,3 +34,16 @@ def device_of(args):
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     return device
+
+
+def parse_args(parser, **smoke):
+    """The parsed options, with `--smoke` added: it replaces the options named in `smoke` by their values, the
+    smallest models and sizes that still print every line, so that a test runs the benchmark in seconds."""
+    parser.add_argument("--smoke", action="store_true",
+                        help="a run of seconds that only checks the benchmark works: " + " ".join(
+                            f"--{name.replace('_', '-')} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+                            for name, value in smoke.items()))
+    args = parser.parse_args()
+    if args.smoke:
+        vars(args).update(smoke)
+    return args
