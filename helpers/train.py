@@ -41,7 +41,7 @@ from helpers.common import Rank, evaluating, pick_device, rank, writing
 from helpers.common import save as save_checkpoint  # atomic; tests patch this name
 from helpers.experiment import Experiment, Pretrained, positive, setting
 from helpers.metrics import BINS, Accumulator
-from helpers.recipes import RECIPES, STRONG
+from helpers.recipes import RECIPES, STRONG, Recipe
 
 POSTFIX_EVERY = 20  # steps between progress-bar updates (each one waits for the device)
 
@@ -243,6 +243,35 @@ def write_log(rows, path):
         os.replace(partial, path)
 
 
+@dataclass
+class _Run:
+    """What the steps of one training run share (see `train`): its settings and its recipe's parts."""
+    model: nn.Module
+    place: Rank
+    name: str
+    recipe: Recipe
+    dataset: str
+    folder: object
+    epochs: int
+    warmup_epochs: int
+    seed: int
+    definition: dict
+    mixup: object
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    criterion: nn.Module
+    channels_last: bool
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def last(self):
+        return checkpoint_path(self.folder, self.name, self.dataset, "last")
+
+
 def train(model, train_set, test_set=None, *, name, recipe=STRONG, dataset="cifar100", folder="checkpoints/trained",
           epochs=None, warmup_epochs=None, batch_size=None, seed=0, workers=None, resume=True, extra=None,
           progress=True):
@@ -253,6 +282,34 @@ def train(model, train_set, test_set=None, *, name, recipe=STRONG, dataset="cifa
     was made with the same definition (`definition_of`, plus `extra`), and refused otherwise; without one, or
     without `resume`, training (and its log) starts over.
     Returns the log, one row per epoch, as a DataFrame (on rank 0; None on the others)."""
+    run = set_up(model, train_set, test_set, name=name, recipe=recipe, dataset=dataset, folder=folder, epochs=epochs,
+                 warmup_epochs=warmup_epochs, batch_size=batch_size, seed=seed, workers=workers, extra=extra)
+    finished, step, log = resumed(run) if resume and run.last.exists() else (0, 0, [])
+    run.scheduler.step_update(schedule_step(step, warmup_epochs=run.warmup_epochs, steps_per_epoch=len(run.loader)))
+    place, total = run.place, run.warmup_epochs + run.epochs
+    network = DistributedDataParallel(model, [run.device.index] if run.device.type == "cuda" else None) \
+        if place.world_size > 1 else model
+    try:
+        for epoch in tqdm(range(finished, total), desc=name, initial=finished, total=total,
+                          disable=not progress or place.rank != 0):
+            step, row = train_epoch(run, network, epoch, step, progress=progress and place.rank == 0)
+            if test_set is not None:
+                row |= test_metrics(model, test_set, recipe, workers)
+            log = log + [row]
+            save_epoch(run, epoch, step, log)
+    except KeyboardInterrupt:
+        if place.rank == 0:
+            print(f"\nInterrupted: {len(log)} finished epochs are saved in {run.last}; run the same command (or cell) "
+                  "again to resume.", flush=True)
+        raise
+    if place.world_size > 1:
+        dist.barrier()
+    return pd.DataFrame(log) if place.rank == 0 else None
+
+
+def set_up(model, train_set, test_set, *, name, recipe, dataset, folder, epochs, warmup_epochs, batch_size, seed,
+           workers, extra):
+    """`train`'s settings resolved and checked, the RNGs seeded, the loader, optimizer and scheduler made."""
     epochs = recipe.epochs if epochs is None else epochs
     warmup_epochs = recipe.warmup_epochs if warmup_epochs is None else warmup_epochs
     batch_size = recipe.batch_size if batch_size is None else batch_size
@@ -276,67 +333,68 @@ def train(model, train_set, test_set=None, *, name, recipe=STRONG, dataset="cifa
     channels_last = prefers_channels_last(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    return _Run(model, place, name, recipe, dataset, folder, epochs, warmup_epochs, seed, definition, mixup, loader,
+                optimizer, scheduler, criterion_for(recipe, mixup), channels_last)
 
-    last = checkpoint_path(folder, name, dataset, "last")
-    finished, step, log = 0, 0, []
-    if resume and last.exists():
-        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-        check_resumable(checkpoint, definition, last)
-        model.load_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        finished, step, log = checkpoint["epoch"], checkpoint["step"], checkpoint["log"]
-        if checkpoint["world_size"] == place.world_size:
-            set_rng_state(checkpoint["rng"][place.rank])
-        else:  # another number of processes: each step still sees the same images, augmented otherwise
-            seed_everything(seed + place.rank + 1000 * finished)
-    scheduler.step_update(schedule_step(step, warmup_epochs=warmup_epochs, steps_per_epoch=len(loader)))
 
-    network = DistributedDataParallel(model, [device.index] if device.type == "cuda" else None) \
-        if place.world_size > 1 else model
-    total, criterion = warmup_epochs + epochs, criterion_for(recipe, mixup)
-    try:
-        for epoch in tqdm(range(finished, total), desc=name, initial=finished, total=total,
-                          disable=not progress or place.rank != 0):
-            loader.sampler.set_epoch(epoch)
-            loader.generator.manual_seed(seed + 1000 * epoch + place.rank)
-            model.train()
-            start = time.perf_counter()
-            step, totals, lr = one_epoch(network, model, loader, optimizer, scheduler, criterion, mixup, recipe,
-                                         step, warmup_epochs=warmup_epochs, channels_last=channels_last,
-                                         progress=progress and place.rank == 0)
-            if place.world_size > 1:
-                dist.all_reduce(totals)
-                for buffer in model.buffers():  # BatchNorm statistics: rank 0's, as the checkpoint will hold
-                    dist.broadcast(buffer, 0)
-            row = {"epoch": epoch + 1, "phase": "warmup" if epoch < warmup_epochs else "train", "lr": lr,
-                   "train_loss": (totals[0] / totals[1]).item(),
-                   "train_throughput": totals[1].item() / (time.perf_counter() - start)}
-            if test_set is not None:
-                metrics = evaluate(model, test_set, batch_size=recipe.eval_batch_size,
-                                   workers=data.worker_count(workers)).row()
-                row |= {f"test_{key}": value for key, value in metrics.items()}
-            log = log + [row]
-            rngs = gathered(rng_state(), place)
-            if place.rank == 0:
-                checkpoint = {"name": name, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "epoch": epoch + 1, "step": step, "scheduler": scheduler.state_dict(),
-                              "recipe": asdict(recipe), "seed": seed, "world_size": place.world_size, "rng": rngs,
-                              "metrics": row, "log": log, "definition": definition}
-                save_checkpoint(checkpoint, last)
-                write_log(log, log_path(folder, name, dataset))
-                if epoch + 1 == warmup_epochs:
-                    keep_copy(last, checkpoint_path(folder, name, dataset, "warmup"))
-                if epoch + 1 == total:
-                    keep_copy(last, checkpoint_path(folder, name, dataset))
-    except KeyboardInterrupt:
-        if place.rank == 0:
-            print(f"\nInterrupted: {len(log)} finished epochs are saved in {last}; run the same command (or cell) "
-                  "again to resume.", flush=True)
-        raise
+def resumed(run):
+    """(finished epochs, steps, log) of the run's `_last` checkpoint, whose weights, optimizer, scheduler and RNG
+    states it loads; refused if it was made with another definition."""
+    checkpoint = torch.load(run.last, map_location="cpu", weights_only=True)
+    check_resumable(checkpoint, run.definition, run.last)
+    run.model.load_state_dict(checkpoint["state_dict"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    finished = checkpoint["epoch"]
+    if checkpoint["world_size"] == run.place.world_size:
+        set_rng_state(checkpoint["rng"][run.place.rank])
+    else:  # another number of processes: each step still sees the same images, augmented otherwise
+        seed_everything(run.seed + run.place.rank + 1000 * finished)
+    return finished, checkpoint["step"], checkpoint["log"]
+
+
+def train_epoch(run, network, epoch, step, *, progress):
+    """Epoch `epoch` (from 0) of training, summed over ranks; returns (steps done so far, the log's row of it)."""
+    place, model = run.place, run.model
+    run.loader.sampler.set_epoch(epoch)
+    run.loader.generator.manual_seed(run.seed + 1000 * epoch + place.rank)
+    model.train()
+    start = time.perf_counter()
+    step, totals, lr = one_epoch(network, model, run.loader, run.optimizer, run.scheduler, run.criterion, run.mixup,
+                                 run.recipe, step, warmup_epochs=run.warmup_epochs, channels_last=run.channels_last,
+                                 progress=progress)
     if place.world_size > 1:
-        dist.barrier()
-    return pd.DataFrame(log) if place.rank == 0 else None
+        dist.all_reduce(totals)
+        for buffer in model.buffers():  # BatchNorm statistics: rank 0's, as the checkpoint will hold
+            dist.broadcast(buffer, 0)
+    return step, {"epoch": epoch + 1, "phase": "warmup" if epoch < run.warmup_epochs else "train", "lr": lr,
+                  "train_loss": (totals[0] / totals[1]).item(),
+                  "train_throughput": totals[1].item() / (time.perf_counter() - start)}
+
+
+def test_metrics(model, test_set, recipe, workers):
+    """The log's test columns: `evaluate`'s metrics on `test_set`, each named test_{metric}."""
+    metrics = evaluate(model, test_set, batch_size=recipe.eval_batch_size, workers=data.worker_count(workers)).row()
+    return {f"test_{key}": value for key, value in metrics.items()}
+
+
+def save_epoch(run, epoch, step, log):
+    """The checkpoint `_last` and the log after epoch `epoch` (from 0), written by rank 0 (every rank's RNG states
+    gathered into it); at the end of warm-up and of training, also their copies."""
+    rngs = gathered(rng_state(), run.place)
+    if run.place.rank != 0:
+        return
+    folder, name, dataset = run.folder, run.name, run.dataset
+    checkpoint = {"name": name, "state_dict": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                  "epoch": epoch + 1, "step": step, "scheduler": run.scheduler.state_dict(),
+                  "recipe": asdict(run.recipe), "seed": run.seed, "world_size": run.place.world_size, "rng": rngs,
+                  "metrics": log[-1], "log": log, "definition": run.definition}
+    save_checkpoint(checkpoint, run.last)
+    write_log(log, log_path(folder, name, dataset))
+    if epoch + 1 == run.warmup_epochs:
+        keep_copy(run.last, checkpoint_path(folder, name, dataset, "warmup"))
+    if epoch + 1 == run.warmup_epochs + run.epochs:
+        keep_copy(run.last, checkpoint_path(folder, name, dataset))
 
 
 # The experiment: the classification notebook and `python -m helpers.train` both read `Config`
