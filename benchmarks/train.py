@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from helpers import data, models
 from helpers import train as training
 from helpers.recipes import RECIPES
-from timing import add_device_options, device_of, synchronize
+from timing import add_device_options, device_of, parse_args, synchronize
 
 
 def hand_written(model, train_set, recipe, *, batch_size, workers, same_step):
@@ -84,7 +84,7 @@ def main():
     parser.add_argument("--progress", action="store_true",
                         help="ours with its progress bars, as users run it (they read the loss every 20 steps)")
     add_device_options(parser)
-    args = parser.parse_args()
+    args = parse_args(parser, model_args='{"depth": 1}', images=4, batch_size=2, repeats=1)
     device = device_of(args)
     if args.images % args.batch_size:
         raise SystemExit(f"--images {args.images} is not a multiple of --batch-size {args.batch_size}: the last, "
