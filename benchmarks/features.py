@@ -2,10 +2,10 @@
 
 For each model, on one batch, in eval mode without autograd, in the same process: the bare `model(x)`, then
 `split(model).features(x)` (every block's output, one pass) and `.feature_maps(x)` (the same as `B, C, H, W`
-maps), and, for what the notebooks pay per batch, `fourier.spectra` (maps plus one FFT per block) and
-`variance.variances` (maps plus one variance per block). The measurements alternate in a rotating order, one of
-each per round, so that a change in machine load touches all alike; each ratio is the median over rounds of
-(time / the same round's forward pass), each time the median over rounds.
+maps), and, for what the notebooks pay per batch, `fourier.spectra` (maps plus the diagonal of each block's
+spectrum) and `variance.variances` (maps plus one variance per block). The measurements alternate in a rotating
+order, one of each per round, so that a change in machine load touches all alike; each ratio is the median over
+rounds of (time / the same round's forward pass), each time the median over rounds.
 
     python benchmarks/features.py                                            # CPU, 1 thread: ResNet-50, ViT-Ti, batch 8
     python benchmarks/features.py --device cuda --batch-size 256 --models resnet_50 alternet_50 vit_ti pit_ti swin_ti
@@ -17,7 +17,7 @@ import torch
 
 from helpers import fourier, models, variance
 from helpers.blocks import split
-from timing import add_device_options, device_of, timed
+from timing import add_device_options, device_of, parse_args, timed
 
 
 def measurements(model):
@@ -30,6 +30,13 @@ def measurements(model):
         "spectra": lambda images: fourier.spectra(blocks, [images]),
         "variances": lambda images: variance.variances(blocks, [images]),
     }
+
+
+def model_and_images(name, batch_size, device):
+    """The model named `name` in eval mode and a batch of its input size: the one place that reads a model name."""
+    torch.manual_seed(0)
+    model = models.create(name).eval().to(device)
+    return model, torch.randn(batch_size, 3, 32, 32, device=device)
 
 
 @torch.no_grad()
@@ -53,21 +60,19 @@ def benchmark(model, images, *, repeats, warm_up):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet_50", "vit_ti"], choices=models.NAMES)
+    parser.add_argument("--models", nargs="+", default=["resnet_50", "vit_ti"], help="names for helpers.models.create")
     parser.add_argument("--batch-size", type=int, help="default: 8 on the CPU, 256 on a GPU")
     parser.add_argument("--repeats", type=int, default=10, help="rounds of alternating measurements")
     parser.add_argument("--warm-up", type=int, default=1, help="untimed rounds first")
     add_device_options(parser)
-    args = parser.parse_args()
+    args = parse_args(parser, models=["resnet_18", "vit_ti"], batch_size=2, repeats=1, warm_up=0)
     device = device_of(args)
     batch_size = args.batch_size or (8 if device.type == "cpu" else 256)
 
-    print(f"{batch_size} images of 32 x 32 on {device} ({torch.get_num_threads()} CPU threads), "
-          f"median of {args.repeats} alternating rounds; goal for features and feature maps: ratio <= 1.1")
+    print(f"{batch_size} images on {device} ({torch.get_num_threads()} CPU threads), median of {args.repeats} "
+          f"alternating rounds; goal for every measurement: ratio <= 1.1")
     for name in args.models:
-        torch.manual_seed(0)
-        model = models.create(name).eval().to(device)
-        images = torch.randn(batch_size, 3, 32, 32, device=device)
+        model, images = model_and_images(name, batch_size, device)
         results = benchmark(model, images, repeats=args.repeats, warm_up=args.warm_up)
         forward = results.pop("forward")[0]
         print(f"{name:<12} forward {forward * 1e3:8.1f} ms   " + "   ".join(
