@@ -39,10 +39,10 @@ def device_of(args):
 def parse_args(parser, **smoke):
     """The parsed options, with `--smoke` added: it replaces the options named in `smoke` by their values, the
     smallest models and sizes that still print every line, so that a test runs the benchmark in seconds."""
+    options = [f"--{name.replace('_', '-')} " + (" ".join(value) if isinstance(value, list) else str(value))
+               for name, value in smoke.items()]
     parser.add_argument("--smoke", action="store_true",
-                        help="a run of seconds that only checks the benchmark works: " + " ".join(
-                            f"--{name.replace('_', '-')} {' '.join(map(str, value)) if isinstance(value, list) else value}"
-                            for name, value in smoke.items()))
+                        help="a run of seconds that only checks the benchmark works: " + " ".join(options))
     args = parser.parse_args()
     if args.smoke:
         vars(args).update(smoke)

@@ -219,7 +219,7 @@ class _Moved:
 
 
 def inner_products(origin, first, second):
-    """<w0, w0>, <d1, d1>, <d2, d2>, <w0, d1>, <w0, d2>, <d1, d2> of three tensors of one shape, in float64 on the CPU."""
+    """<w0, w0>, <d1, d1>, <d2, d2>, <w0, d1>, <w0, d2>, <d1, d2> of three tensors of one shape, float64, on the CPU."""
     w, a, b = (t.detach().cpu().double().flatten() for t in (origin, first, second))
     return torch.stack([w @ w, a @ a, b @ b, w @ a, w @ b, a @ b])
 
@@ -258,7 +258,8 @@ def landscape(model, batches, table, points, directions, *, weight_decay=STRONG.
         def compute(point):
             moved.to(point["x"], point["y"])
             metrics = evaluate(model, batches, log_of_softmax=log_of_softmax)
-            nll, accuracy, *l1_parts = torch.cat([metrics, moved.l1_parts()]).tolist()  # the point's one synchronisation
+            # the point's one synchronisation
+            nll, accuracy, *l1_parts = torch.cat([metrics, moved.l1_parts()]).tolist()
             l1, l2 = fixed_l1 + math.fsum(l1_parts), fixed_l2 + moved.l2(point["x"], point["y"])
             # the "norm_sum" L2 penalty, from the sum just taken, as the authors' notebook adds it
             return {**point, "l1": l1, "l2": l2, "NLL": nll, "loss": nll + weight_decay * l2, "Acc": accuracy}
