@@ -70,7 +70,8 @@ def spectra(blocks, batches):
 
 def relative_log_amplitudes(blocks, spectra):
     """Fig. 2a as a table, one row per (block, frequency): `block` (index among the non-head blocks), `depth`
-    (block / (blocks - 1), the plots' axis), `name`, `kind`, `size` (the map's height H), `entry` (k),
+    (block / (blocks - 1), the plots' axis), `name`, `kind`, `shade` (`pool` for every subsampling block, see
+    `Block.shade`), `size` (the map's height H), `entry` (k),
     `frequency` (in units of π) and `delta_log_amplitude`."""
     rows = []
     layers, depths = blocks.layers, blocks.depths()
@@ -80,7 +81,7 @@ def relative_log_amplitudes(blocks, spectra):
         curve = half_diagonal(spectrum)
         for entry, (frequency, value) in enumerate(zip(frequencies(spectrum.shape[-1]), curve)):
             rows.append({"block": index, "depth": depths[index], "name": block.name, "kind": block.kind,
-                         "size": spectrum.shape[-1], "entry": entry, "frequency": frequency.item(),
+                         "shade": block.shade, "size": spectrum.shape[-1], "entry": entry, "frequency": frequency.item(),
                          "delta_log_amplitude": value.item()})
     return pd.DataFrame(rows)
 
