@@ -49,7 +49,6 @@ from helpers import models
 from helpers.blocks import split
 from helpers.common import saved_smoke, writing
 from helpers.experiment import results_folder
-from helpers.fourier import highest_frequency
 
 CLAIMS = {  # each verdict function's figure and the paper's claim, short
     "fourier": ("Fig. 2a/8", "MSAs are low-pass filters; Convs are high-pass filters"),
@@ -124,6 +123,9 @@ def block_changes(blocks, column):
 def kind_verdicts(claim, table, column, quantity, smoke):
     """Per model and kind of CLAIMED_SIGN (`msa` always, the others where present): holds when more than half of the
     kind's changes of `column` (`block_changes`) have the claimed sign; the comparison gives the mean change."""
+    if table.duplicated([column for column in ("model", "block") if column in table]).any():
+        why = "more than one row per block of a model (Fig. 8 reads the table of fourier.highest_frequency)"
+        return verdicts([undecided(claim, why, smoke)])
     rows = []
     for name, blocks in by_model(table):
         changes = block_changes(blocks.sort_values("block"), column)
@@ -148,14 +150,12 @@ def kind_verdicts(claim, table, column, quantity, smoke):
 
 def fourier(table, *, smoke=None):
     """Fig. 2a / 8 from the table of `fourier.highest_frequency` (a row per block; `model`, `block`, `kind`, `shade`,
-    `size`, `delta_log_amplitude`; a whole `relative_log_amplitudes` table is reduced to it first). Holds, per model
+    `size`, `delta_log_amplitude`; not the whole `relative_log_amplitudes` table, which cannot decide). Holds, per model
     and kind, when more than half of the changes across the blocks of that kind are negative for `msa` and positive
     for `conv` and `mlp` (see `block_changes`); a model without an MSA block gets an `msa` row that cannot decide."""
     reason = problem(table, ("block", "kind", "delta_log_amplitude"))
     if reason:
         return verdicts([undecided("fourier", reason, smoke)])
-    if table.duplicated([column for column in ("model", "block") if column in table]).any():
-        table = pd.concat([highest_frequency(rows) for _, rows in by_model(table)], ignore_index=True)
     return kind_verdicts("fourier", table, "delta_log_amplitude", "Δ log amplitude at the highest frequency", smoke)
 
 

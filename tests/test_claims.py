@@ -65,14 +65,14 @@ def test_fourier_fails_on_lowering_convs_leaves_out_subsampling_and_cannot_judge
         assert conv.smoke is None  # not told
 
 
-def test_fourier_needs_more_than_half_and_reduces_a_whole_spectrum_table():
-    # two entries per block: only the last (highest frequency) counts; msa changes -1, +1: half is not most
-    kinds = ["embed", "msa", "mlp", "msa"]
-    highest = [0.0, -1.0, 2.0, 3.0]
-    whole = pd.DataFrame({"block": np.repeat(range(4), 2), "entry": [0, 1] * 4, "kind": np.repeat(kinds, 2),
-                          "delta_log_amplitude": [x for h in highest for x in (0.0, h)], "model": "vit_ti"})
-    msa = row(claims.fourier(whole, smoke=True), statistic="msa")
+def test_fourier_needs_more_than_half_and_one_row_per_block():
+    # msa changes -1 and +1: half is not most
+    highest = blocks("vit_ti", ["embed", "msa", "mlp", "msa"], "delta_log_amplitude", [0.0, -1.0, 2.0, 3.0])
+    msa = row(claims.fourier(highest, smoke=True), statistic="msa")
     assert msa.value == 0.5 and msa.holds is False and msa.n == 2 and msa.smoke is True
+    whole = pd.concat([highest.assign(entry=0, delta_log_amplitude=0.0), highest.assign(entry=1)])  # all frequencies
+    (verdict,) = claims.fourier(whole).itertuples()
+    assert verdict.holds is None and "more than one row per block" in verdict.comparison
 
 
 # --- Fig. 9 --------------------------------------------------------------------------------------------------------
