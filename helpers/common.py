@@ -1,7 +1,9 @@
 """Small pieces every analysis module uses: the device, the torchrun rank, eval mode for the duration, seeded random
-generators, atomic saves that fail with a clear message, and file digests."""
+generators, atomic saves that fail with a clear message, file digests, and the record beside a figure's table of
+whether a smoke run made it."""
 import errno
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -124,3 +126,17 @@ def file_digest(path, algorithm="sha256"):
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def provenance_path(table_path):
+    """The record beside a figure's table `NAME.csv` (written by `plots.save`): `NAME.json`, {"smoke": true/false}."""
+    return Path(table_path).with_suffix(".json")
+
+
+def saved_smoke(table_path):
+    """Whether the figure table at `table_path` came from a smoke run, as recorded beside it; None when there is no
+    readable record (a table saved before records were kept, or by other code)."""
+    try:
+        return bool(json.loads(provenance_path(table_path).read_text())["smoke"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -116,8 +116,9 @@ def spectra(blocks, batches):
 
 def relative_log_amplitudes(blocks, spectra):
     """Fig. 2a as a table, one row per (block, frequency): `block` (index among the non-head blocks), `depth`
-    (block / (blocks - 1), the plots' axis), `name`, `kind`, `size` (the map's height H), `entry` (k),
-    `frequency` (in units of π) and `delta_log_amplitude`; `spectra` are the diagonals of `spectra(blocks, ...)`."""
+    (block / (blocks - 1), the plots' axis), `name`, `kind`, `shade` (`pool` for every subsampling block, see
+    `Block.shade`), `size` (the map's height H), `entry` (k), `frequency` (in units of π) and `delta_log_amplitude`;
+    `spectra` are the diagonals of `spectra(blocks, ...)`."""
     rows = []
     layers, depths = blocks.layers, blocks.depths()
     if len(layers) != len(spectra) or any(diagonal.ndim != 1 for diagonal in spectra):
@@ -127,7 +128,7 @@ def relative_log_amplitudes(blocks, spectra):
         size = diagonal.shape[-1]
         for entry, (frequency, value) in enumerate(zip(frequencies(size), from_zero_frequency(diagonal))):
             rows.append({"block": index, "depth": depths[index], "name": block.name, "kind": block.kind,
-                         "size": size, "entry": entry, "frequency": frequency.item(),
+                         "shade": block.shade, "size": size, "entry": entry, "frequency": frequency.item(),
                          "delta_log_amplitude": value.item()})
     return pd.DataFrame(rows)
 

@@ -8,6 +8,7 @@ at a block, `[(i - 1)/(n - 1), i/(n - 1)]`, is shaded from its `Block.shade`: gr
 For ResNet-50 and ViT-Ti that is exactly the authors' `pools = [4, 8, 14]` and `msas = [1, 3, ..., 23]`.
 """
 import collections
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -20,7 +21,7 @@ from matplotlib.ticker import FormatStrFormatter
 
 from helpers import models
 from helpers.blocks import normalized_depth
-from helpers.common import writing
+from helpers.common import provenance_path, writing
 from helpers.fourier import shifted_frequencies
 
 SHADES = {"msa": ("tab:gray", 0.15), "pool": ("tab:blue", 0.15)}  # conv/mlp stay white, as in the paper
@@ -38,7 +39,8 @@ SMOKE_TITLE = "SMOKE RUN: fresh weights, synthetic data (meaningless numbers)"
 
 def save(fig, name, folder="results", table=None, *, smoke=False):
     """Write `fig` as `folder/name.png` and `.pdf`, and `table` (a DataFrame or dict of columns) as `.csv`, beside
-    them; the resumable sweeps live apart, under `folder/sweeps/`. A smoke run's figure says so in its title."""
+    them, with `name.json` recording whether a smoke run made it (`common.saved_smoke` reads it); the resumable
+    sweeps live apart, under `folder/sweeps/`. A smoke run's figure says so in its title."""
     if Path(name).name != name or name == "sweeps":
         raise ValueError(f"A figure name is a plain file name, not {name!r}: sweeps live in {folder}/sweeps/")
     folder = Path(folder)
@@ -50,7 +52,10 @@ def save(fig, name, folder="results", table=None, *, smoke=False):
         fig.savefig(paths[0], dpi=150, bbox_inches="tight")
         fig.savefig(paths[1], bbox_inches="tight")
         if table is not None:
+            paths.append(provenance_path(paths[2]))
+            paths[3].unlink(missing_ok=True)  # never beside another run's table, even if stopped before the end
             pd.DataFrame(table).to_csv(paths[2], index=False)
+            paths[3].write_text(json.dumps({"smoke": bool(smoke)}) + "\n")
     return paths
 
 

@@ -31,7 +31,7 @@ def feature_map_variance(x):
 
 def variances(blocks, batches):
     """Fig. 9 as a table, one row per non-head block: `block` (index), `depth` (block / (blocks - 1), the
-    plots' axis), `name`, `kind`, `variance`.
+    plots' axis), `name`, `kind`, `shade` (`pool` for every subsampling block, see `Block.shade`), `variance`.
 
     `blocks` is `helpers.blocks.split(model)`; `batches` yields image tensors or (images, labels) pairs (a
     DataLoader). Each batch goes through the model once (`Blocks.average`).
@@ -39,4 +39,4 @@ def variances(blocks, batches):
     values = torch.stack(blocks.average(batches, feature_map_variance)).double().numpy()
     layers = blocks.layers
     return pd.DataFrame({"block": range(len(layers)), "depth": blocks.depths(), "name": [b.name for b in layers],
-                         "kind": [b.kind for b in layers], "variance": values})
+                         "kind": [b.kind for b in layers], "shade": [b.shade for b in layers], "variance": values})

@@ -110,10 +110,11 @@ def test_blur_block_lowers_and_identity_minus_blur_raises_the_delta():
         table = fourier.relative_log_amplitudes(blocks, fourier.spectra(blocks, [images]))
         before, after = fourier.highest_frequency(table)["delta_log_amplitude"]
         assert sign * (after - before) > 0.5
-    assert list(table.columns) == ["block", "depth", "name", "kind", "size", "entry", "frequency",
+    assert list(table.columns) == ["block", "depth", "name", "kind", "shade", "size", "entry", "frequency",
                                    "delta_log_amplitude"]
     assert table["size"].unique().tolist() == [16]  # each map's height: its highest frequency is pi (1 - 2/16)
     assert table["name"].unique().tolist() == ["stem", "filter"]  # the head (logits) is dropped
+    assert table["shade"].unique().tolist() == ["embed", "conv"]  # a block that does not subsample keeps its kind
     assert table["depth"].unique().tolist() == [0, 1]
 
 

@@ -10,6 +10,7 @@ import torch  # noqa: E402
 
 from helpers import alternet, models, plots  # noqa: E402
 from helpers.blocks import split  # noqa: E402
+from helpers.common import saved_smoke  # noqa: E402
 
 # From the authors' fourier_analysis.ipynb / featuremap_variance.ipynb: indices into the non-head blocks,
 # each shading [(i - 1)/depth, i/depth] with depth = number of non-head blocks - 1.
@@ -67,10 +68,23 @@ def test_spectrum_image_axes_are_the_shifted_frequencies():
 def test_save_writes_png_pdf_csv_and_depths(tmp_path):
     fig, ax = plt.subplots()
     paths = plots.save(fig, "x", tmp_path, table={"a": [1, 2]})
-    assert all(p.exists() for p in paths) and [p.suffix for p in paths] == [".png", ".pdf", ".csv"]
+    assert all(p.exists() for p in paths) and [p.suffix for p in paths] == [".png", ".pdf", ".csv", ".json"]
     assert plots.model_style("resnet_50") == plots.model_style("resnet_18 (authors)") == ("D", "tab:blue")
     assert plots.model_style("vit_s")[0] == "o" and plots.model_style("pit_ti")[0] == "s"
     assert plots.model_style("vit_tiny_patch16_224") == plots.OTHER_STYLE  # not a registry name
+    plt.close(fig)
+
+
+def test_a_saved_table_records_whether_a_smoke_run_made_it(tmp_path):
+    fig, _ = plt.subplots()
+    csv = plots.save(fig, "x", tmp_path, table={"a": [1, 2]}, smoke=True)[2]
+    assert saved_smoke(csv) is True and list(pd.read_csv(csv).columns) == ["a"]  # the table itself is unchanged
+    plots.save(fig, "x", tmp_path, table={"a": [3]})  # a real run over the smoke run's files
+    assert saved_smoke(csv) is False
+    plots.save(fig, "y", tmp_path)  # a figure without a table has no record
+    assert not (tmp_path / "y.json").exists() and saved_smoke(tmp_path / "y.csv") is None
+    (tmp_path / "x.json").write_text("{damaged")
+    assert saved_smoke(csv) is None  # unknown, not a guess
     plt.close(fig)
 
 

@@ -52,7 +52,7 @@ def test_table_over_batches_equals_one_batch_and_a_blur_lowers_variance():
     images = torch.randn(10, 3, 8, 8)
     batched = variance.variances(toy_blocks(), [(images[:4], None), (images[4:], None)])
     whole = variance.variances(toy_blocks(), [images])
-    assert list(batched.columns) == ["block", "depth", "name", "kind", "variance"]
+    assert list(batched.columns) == ["block", "depth", "name", "kind", "shade", "variance"]
     assert batched["name"].tolist() == ["stem", "blur"]  # the head (logits) is dropped
     assert np.allclose(batched["variance"], whole["variance"])
     assert np.isclose(whole["variance"][0], variance.feature_map_variance(images).item())
@@ -66,3 +66,11 @@ def test_bad_input_is_explained():
         variance.feature_map_variance(torch.randn(2, 5, 1, 1))
     with pytest.raises(ValueError, match="No images"):
         variance.variances(toy_blocks(), [])
+
+
+def test_a_subsampling_block_is_shaded_pool_and_keeps_its_kind():
+    blocks = Blocks(Block("embed", "stem", nn.Identity(), [], "BCHW"),
+                    Block("conv", "strided", lambda x: F.avg_pool2d(x, 2), [], "BCHW", downsamples=True),
+                    Block("head", "head", lambda x: x.mean(dim=(1, 2, 3)), [nn.Linear(1, 1)], "logits"))
+    table = variance.variances(blocks, [torch.randn(2, 3, 8, 8)])
+    assert table["kind"].tolist() == ["embed", "conv"] and table["shade"].tolist() == ["embed", "pool"]
