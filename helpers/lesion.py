@@ -1,30 +1,33 @@
 """Lesion study (Sec. 4): remove one block at a time and measure what the model loses.
 
-Removing a block drops its residual branch and keeps its shortcut: the block's output becomes `Block.shortcut(x)`
+Removing a block zeroes the output of its residual branch, so that the stream passes through its shortcut alone
 (identity for a transformer's msa/mlp block; act(shortcut(x)) for a post-activation ResNet block; the skip of
-the pre-activation for an AlterNet block). Embed, pool (patch merging) and head blocks have no residual branch
-and cannot be removed. Nothing is copied or changed in the model: `lesioned` composes the same modules anew.
+the pre-activation for an AlterNet block), by a removable hook in the model's own forward pass (`Blocks.lesioned`).
+Blocks without a residual branch (embedding, pooling or patch merging, a block without a shortcut, the head)
+cannot be removed. Nothing is copied or changed in the model.
 
 A lesion sweep's unit is one removed block (`lesions(blocks)`, keyed by the block's name); `lesion_metrics`
 computes one unit's row, test accuracy and mean NLL per image (`helpers.metrics`), and with `lesion=None` the
 intact model's reference row. `run(Config(...))` stores the rows of every model in tables bound to the definition
 (the notebook and `[torchrun --nproc-per-node N] python -m helpers.lesion` share it; ranks share the blocks), and
-`drops` turns them into the figure's table.
+`drops` turns them into the figure's table. Any model specification works (`helpers.models`); a model of timm's
+ImageNet weights has no CIFAR-100 classes and is refused.
 
 The paper's reading (Sec. 4): multi-stage networks behave like a series of small models, and the MSAs at the end
 of a stage matter most, so removing them costs the most accuracy. The authors add (their issue #41) that this holds
 for shallow transformers and for Swin, a series of shallow ones, but that in a deep ViT the middle MSAs matter more
 than the last ones, which suffer "attention collapse" (their maps stop depending on the query).
 """
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from helpers import data, experiment
-from helpers.blocks import Block, Blocks, split
+from helpers.blocks import Blocks, split
 from helpers.common import evaluating, pick_device
 from helpers.experiment import Pretrained, positive, setting
 from helpers.metrics import Accumulator
@@ -41,24 +44,7 @@ def lesions(model):
     """The units of a lesion sweep, in block order: one dict per block that can be removed, with its `block`
     name (the unit key), `index` in `split(model)` and `kind`."""
     return [{"block": block.name, "index": i, "kind": block.kind}
-            for i, block in enumerate(as_blocks(model)) if block.shortcut is not None]
-
-
-def lesioned(model, block_name):
-    """The block sequence of `model` with the block named `block_name` replaced by its shortcut. It shares the
-    model's modules; the model itself is left as it is."""
-    blocks = as_blocks(model)
-    names = [block.name for block in blocks]
-    if block_name not in names:
-        raise KeyError(f"no block named {block_name!r}; the blocks are {names}")
-    index = names.index(block_name)
-    block = blocks[index]
-    if block.shortcut is None:
-        raise ValueError(f"{block.name} is a {block.kind} block, without a residual branch to remove; "
-                         f"removable are the blocks of lesions(model)")
-    removed = Block(block.kind, block.name, block.shortcut, [], block.layout, block.prefix_tokens,
-                    block.downsamples, shortcut=block.shortcut)
-    return Blocks(*blocks[:index], removed, *blocks[index + 1:])
+            for i, block in enumerate(as_blocks(model)) if block.removable]
 
 
 @torch.no_grad()
@@ -67,12 +53,11 @@ def lesion_metrics(model, batches, *, lesion=None):
     intact model), in eval mode, over `batches` of (images, labels), e.g. a DataLoader or `[(images, labels)]`.
     Runs on the device of the model's parameters."""
     blocks = as_blocks(model)
-    forward = blocks if lesion is None else lesioned(blocks, lesion)
     device = next(blocks.parameters()).device
     accumulator = Accumulator(device=device)
-    with evaluating(blocks):
+    with evaluating(blocks), blocks.lesioned(lesion) if lesion is not None else contextlib.nullcontext():
         for images, labels in batches:
-            accumulator.update(forward(images.to(device)), labels.to(device))
+            accumulator.update(blocks(images.to(device)), labels.to(device))
     return accumulator.result()
 
 
@@ -89,14 +74,13 @@ class Config(Pretrained):
     workers: int | None = setting(None, "data-loading processes (None: up to 4)", identity=False, smoke=0)
 
 
-def evaluation_batches(config, device):
-    """The test images of `config` as (images, labels) batches held on `device`: each unit reads them again."""
-    if config.smoke:
-        images = data.synthetic(config.images)
-    else:
-        test_set = data.dataset("cifar100", config.data_root, train=False, transform=data.test_transform("cifar100"),
-                                mirror=config.mirror)
-        images = Subset(test_set, range(min(config.images or len(test_set), len(test_set))))
+def evaluation_batches(config, spec, device):
+    """The test images of `config` for the model `spec` as (images, labels) batches held on `device`: each unit reads
+    them again."""
+    if spec.imagenet:
+        raise ValueError(f"{spec.name} classifies ImageNet's 1,000 classes: the lesion study measures CIFAR-100 "
+                         "accuracy; give a CIFAR model (a registry name, timm:NAME or your own file).")
+    images = data.test_images(spec, config.images, root=config.data_root, mirror=config.mirror, smoke=config.smoke)
     loader = DataLoader(images, config.batch_size, num_workers=data.worker_count(config.workers))
     return images, [(x.to(device), y.to(device)) for x, y in loader]
 
@@ -106,14 +90,15 @@ def run(config, *, progress=True):
     removed: this rank's unfinished units computed and stored; returns one `experiment.Outcome` per model."""
     config = config.resolved()
     device, outcomes = pick_device(), []
-    images, batches = evaluation_batches(config, device)
-    for name in config.models + [n for n in config.checkpoints if n not in config.models]:
+    for name in config.names():
+        spec = config.spec(name)
+        images, batches = evaluation_batches(config, spec, device)
         blocks = split(config.pretrained(name, device))
-        table = experiment.table(config, "lesion", name, ("block",), data=data.fingerprint(images),
+        table = experiment.table(config, "lesion", spec.slug, ("block",), data=data.fingerprint(images),
                                  weights=experiment.weights_digest(blocks))
         units = [{"block": INTACT}] + [{"block": unit["block"]} for unit in lesions(blocks)]
 
-        def compute(unit, blocks=blocks):
+        def compute(unit, blocks=blocks, batches=batches):
             removed = None if unit["block"] == INTACT else unit["block"]
             result = lesion_metrics(blocks, batches, lesion=removed)
             return {**unit, "accuracy": result.accuracy, "nll": result.nll, "ece": result.ece, "count": result.count}
@@ -134,7 +119,7 @@ def drops(outcome, blocks):
     for i, (block, depth) in enumerate(zip(blocks.layers, blocks.depths())):
         done = block.name in rows.index and intact is not None
         table.append({"model": outcome.name, "block": block.name, "depth": depth, "kind": block.kind,
-                      "shade": block.shade, "removable": block.shortcut is not None, "stage_end": i in ends,
+                      "shade": block.shade, "removable": block.removable, "stage_end": i in ends,
                       "accuracy_drop": intact["accuracy"] - rows.loc[block.name, "accuracy"] if done else np.nan,
                       "nll_increase": rows.loc[block.name, "nll"] - intact["nll"] if done else np.nan})
     return pd.DataFrame(table)

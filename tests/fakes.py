@@ -3,13 +3,16 @@ them, a CIFAR-100-C tar, the official checkpoints filled by the fixture's recipe
 `mirror(folder)` puts them all under their official names, as a mirror (`VITS_MIRROR`) holds them."""
 import pickle
 import tarfile
+from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn as nn
 from official import official_state_dict
 
 from helpers import data, models
+from helpers.blocks import Block, Blocks, Site
 from helpers.landscape import PUBLISHED_COLUMNS
 
 # name -> archive, folder inside it, {split file: train?}, meta file, label key, meta key
@@ -103,3 +106,24 @@ def mirror(folder, *, per_file=300, per_severity=2):
         if entry.grid:
             published_grid(folder / entry.grid[0])
     return folder
+
+
+class Step(nn.Module):
+    """A function as a module (holding `modules`, for parameters), so that a model can be made of functions."""
+
+    def __init__(self, function, modules=()):
+        super().__init__()
+        self.function, self.held = function, nn.ModuleList(modules)
+
+    def forward(self, x):
+        return self.function(x)
+
+
+def chain(*steps, modules=()):
+    """`Blocks` of a model that applies functions in turn, each step (kind, name, function, layout[, Block fields]);
+    a `head` step's output is the logits (no site). The last step holds `modules` (the model's parameters)."""
+    last = steps[-1][1]
+    model = nn.Sequential(OrderedDict((name, Step(function, modules if name == last else ()))
+                                      for _, name, function, *_ in steps))
+    return Blocks(model, [Block(kind, name, None if kind == "head" else Site(name), layout, **(more[0] if more else {}))
+                          for kind, name, _, layout, *more in steps])

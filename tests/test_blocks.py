@@ -3,7 +3,7 @@ import timm
 import torch
 
 from helpers import models
-from helpers.blocks import Block, split
+from helpers.blocks import Block, Site, split
 
 STAGES = {  # the paper's layouts, written out independently of the splitter
     "resnet_50": ["embed"] + ["conv"] * 16 + ["head"],
@@ -35,7 +35,7 @@ def test_kind_sequence_and_names(model):
     blocks = split(net)
     assert blocks.kinds == STAGES[name]
     modules = dict(net.named_modules())
-    assert all(block.name in modules or block.name in ("patch_embed", "head") for block in blocks)
+    assert all(block.name in modules or block.name == "head" for block in blocks)
     assert all(block.name.rsplit(".", 1)[0] in modules for block in blocks if block.kind in ("msa", "mlp"))
 
 
@@ -43,7 +43,7 @@ def test_blocks_share_the_model_parameters(model):
     name, net = model
     blocks = split(net)
     owned = {p.data_ptr() for p in net.parameters()}
-    assert {p.data_ptr() for p in blocks.parameters()} == owned
+    assert {p.data_ptr() for p in blocks.parameters()} == owned and blocks.model is net
     assert sum(p.numel() for p in blocks.parameters()) == models.count_parameters(net)
 
 
@@ -88,12 +88,12 @@ def test_swin_features_are_channels_last_maps():
 
 def test_to_map_on_hand_made_tokens():
     tokens = torch.arange(2 * 5 * 3.).reshape(2, 5, 3)  # B=2, a class token + 2x2 grid, C=3
-    block = Block("msa", "x", lambda x: x, [], "BNC", prefix_tokens=1)
+    block = Block("msa", "x", Site("x"), "BNC", prefix_tokens=1)
     grid = block.to_map(tokens)
     assert grid.shape == (2, 3, 2, 2)
     assert grid[1, 2, 1, 0] == tokens[1, 1 + 2 * 1 + 0, 2]
     with pytest.raises(ValueError, match="square"):
-        Block("msa", "x", lambda x: x, [], "BNC").to_map(tokens[:, :3])
+        Block("msa", "x", Site("x"), "BNC").to_map(tokens[:, :3])
 
 
 def test_resnet_marks_its_strided_blocks_as_downsampling():
@@ -101,14 +101,41 @@ def test_resnet_marks_its_strided_blocks_as_downsampling():
     assert [b.name for b in blocks if b.downsamples] == ["layer2.0", "layer3.0", "layer4.0"]
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224", "pit_ti_distilled_224", "swin_tiny_patch4_window7_224"])
-def test_timm_imagenet_models_split_too(name):
-    net = timm.create_model(name, pretrained=False, num_classes=10).eval()
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        assert (split(net)(x) - net(x)).abs().max() < 1e-5
-
-
-def test_unsupported_models_are_named():
-    with pytest.raises(TypeError, match="Cannot split a Linear"):
+def test_a_model_that_does_not_run_on_its_input_size_is_named():
+    with pytest.raises(ValueError, match="Linear does not run on a batch of 2 inputs of 3 x 32 x 32"):
         split(torch.nn.Linear(2, 2))
+
+
+def test_a_model_that_is_no_classifier_says_what_it_returns():
+    with pytest.raises(ValueError, match=r"returns \(2, 4, 32, 32\).*\(batch, classes\)"):
+        split(torch.nn.Conv2d(3, 4, 3, padding=1))
+
+
+class Declared(torch.nn.Module):
+    """A model of one's own that names its blocks: the rule is not asked."""
+    analysis_blocks = {"stem": "embed", "body": "conv", "mixer": "msa"}
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.body = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.mixer = torch.nn.Conv2d(8, 8, 1)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.mixer(self.body(self.stem(x)).relu())
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_model_can_declare_its_blocks():
+    net = Declared().eval()
+    blocks = split(net)
+    assert blocks.kinds == ["embed", "conv", "msa", "head"] and [b.name for b in blocks][:3] == ["stem", "body", "mixer"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        stem = net.stem(x)
+        expected = [stem, net.body(stem), net.mixer(net.body(stem).relu()), net(x)]
+        assert all(torch.equal(f, e) for f, e in zip(blocks.features(x), expected))
+    net.analysis_blocks = {"stem": "embed", "nothing": "conv"}
+    with pytest.raises(ValueError, match="'nothing', which is not a module the model calls"):
+        split(net)

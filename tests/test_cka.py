@@ -10,7 +10,8 @@ import torch
 
 from helpers import cka as cka_module
 from helpers import data, models
-from helpers.blocks import Block, Blocks
+from helpers.blocks import Block, Site
+from fakes import chain
 from helpers.cka import MinibatchCKA, cka, flatten, minibatch_cka
 from helpers.sweep import SUFFIX
 
@@ -23,8 +24,7 @@ def feature_blocks(*steps, counter=None):
                 counter[0] += 1
             return step(x)
         return run
-    return Blocks(*[Block("mlp", f"f{i}", counted(step) if i == 0 else step, [], "logits")
-                    for i, step in enumerate(steps)])
+    return chain(*[("mlp", f"f{i}", counted(step) if i == 0 else step, "logits") for i, step in enumerate(steps)])
 
 
 def unbiased_hsic(K, L):
@@ -100,12 +100,12 @@ def test_independent_features_are_near_zero_unbiased_but_not_biased():
 
 
 def test_class_token_options():
-    block = Block("msa", "t", lambda x: x, [], "BNC", prefix_tokens=1)
+    block = Block("msa", "t", Site("t"), "BNC", prefix_tokens=1)
     x = torch.arange(2 * 5 * 3).reshape(2, 5, 3)
     assert torch.equal(flatten(block, x, class_token="keep"), x.reshape(2, 15))
     assert torch.equal(flatten(block, x, class_token="drop"), x[:, 1:].reshape(2, 12))
     assert torch.equal(flatten(block, x, class_token="class"), x[:, 0])
-    maps = Block("conv", "c", lambda x: x, [], "BCHW")
+    maps = Block("conv", "c", Site("c"), "BCHW")
     assert flatten(maps, x, class_token="class").shape == (2, 15)  # no class token: the whole output
     with pytest.raises(ValueError, match="class_token"):
         flatten(block, x, class_token="cls")
@@ -169,7 +169,9 @@ def test_the_stored_run_equals_the_sums_in_memory_and_resumes(tmp_path):
     (outcome,) = cka_module.run(config, progress=False)
     assert outcome.table.computed == 2 and len(outcome.units) == 2  # 16 images in batches of 8
     nets = cka_module.nets(config.resolved())
-    in_memory = minibatch_cka(nets, data.loader(cka_module.test_images(config.resolved()), 8, workers=0))
+    images = cka_module.test_images(config.resolved())  # each model's own, at its size and normalisation
+    loaders = [data.loader(images[name], 8, workers=0) for name in images]
+    in_memory = minibatch_cka(nets, ({name: b[0] for name, b in zip(images, batch)} for batch in zip(*loaders)))
     from_rows = cka_module.similarities(outcome, nets)
     for a, b in in_memory.pairs:  # JSON rows keep float64 exactly, summed in the same order
         assert torch.equal(from_rows.similarity(a, b).cka, in_memory.similarity(a, b).cka)

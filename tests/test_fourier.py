@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers import fourier, models
-from helpers.blocks import Block, Blocks
+from fakes import chain
 
 
 def authors_curve(x):
@@ -99,8 +99,8 @@ def test_low_pass_lowers_and_high_pass_raises_the_highest_frequency():
 
 
 def toy_blocks(layer):
-    return Blocks(Block("embed", "stem", nn.Identity(), [], "BCHW"), Block("conv", "filter", layer, [], "BCHW"),
-                  Block("head", "head", lambda x: x.mean(dim=(1, 2, 3)), [nn.Linear(1, 1)], "logits"))
+    return chain(("embed", "stem", lambda x: x, "BCHW"), ("conv", "filter", layer, "BCHW"),
+                 ("head", "head", lambda x: x.mean(dim=(1, 2, 3)), "logits"), modules=[nn.Linear(1, 1)])
 
 
 def test_blur_block_lowers_and_identity_minus_blur_raises_the_delta():
@@ -145,7 +145,7 @@ def test_bad_input_is_explained():
     with pytest.raises(ValueError, match="No images"):
         fourier.spectra(toy_blocks(blur), [])
     with pytest.raises(ValueError, match="No ImageNet-pretrained timm model stands for 'alternet_50'"):
-        models.imagenet_model("alternet_50")
+        models.imagenet_spec("alternet_50")
 
 
 @pytest.mark.parametrize("nested", [False, True])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from helpers import alternet, models, resnet
 from helpers.blocks import split
-from helpers.lesion import lesion_metrics, lesioned, lesions
+from helpers.lesion import lesion_metrics, lesions
 
 MODELS = ("resnet_50", "vit_ti", "pit_ti", "swin_ti", "alternet_50")
 NOT_REMOVABLE = {"embed", "pool", "head"}
@@ -54,13 +54,14 @@ def test_a_removed_block_equals_a_model_with_its_branch_zeroed(model):
 def assert_removal_is_silencing(net, x):
     units = lesions(net)
     assert units and all(u["kind"] not in NOT_REMOVABLE for u in units)
-    silenced = copy.deepcopy(net)
+    silenced, blocks = copy.deepcopy(net), split(net)
     with torch.no_grad():
         intact = net(x)
         for unit in units:
             original = {k: v.clone() for k, v in last_layer(silenced, unit["block"]).state_dict().items()}
             silence(silenced, unit["block"])
-            removed = lesioned(net, unit["block"])(x)
+            with blocks.lesioned(unit["block"]):
+                removed = net(x)
             assert torch.equal(removed, silenced(x)), unit["block"]
             assert not torch.equal(removed, intact), unit["block"]  # the branch did contribute
             last_layer(silenced, unit["block"]).load_state_dict(original)  # one block silenced at a time
@@ -75,9 +76,9 @@ def test_removable_blocks_are_the_residual_ones(model):
     for block in blocks:
         if block.kind in NOT_REMOVABLE:
             with pytest.raises(ValueError, match="without a residual branch"):
-                lesioned(blocks, block.name)
+                blocks.lesioned(block.name)
     with pytest.raises(KeyError, match="no block named"):
-        lesioned(blocks, "layer9.9")
+        blocks.lesioned("layer9.9")
 
 
 def test_timm_resnet_blocks_are_removable_too():
@@ -160,7 +161,8 @@ def test_the_stored_sweep_resumes_and_its_figure_table_marks_what_cannot_be_remo
     assert table[table.removable].accuracy_drop.notna().all()
     intact = outcome.table.frame(outcome.units).set_index("block").loc[lesion.INTACT]
     row = table[table.block == "transformers.1.blocks.0.attn"].iloc[0]
-    removed = lesion_metrics(blocks, lesion.evaluation_batches(config.resolved(), "cpu")[1],
+    removed = lesion_metrics(blocks, lesion.evaluation_batches(config.resolved(), config.resolved().spec("pit_ti"),
+                                                                "cpu")[1],
                              lesion="transformers.1.blocks.0.attn")
     assert row.accuracy_drop == pytest.approx(intact.accuracy - removed.accuracy)
     assert list(table[table.stage_end].block) == ["transformers.0.blocks.1.mlp", "transformers.1.blocks.5.mlp",

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers import variance
-from helpers.blocks import Block, Blocks
+from fakes import chain
 
 
 def test_constant_map_has_zero_variance():
@@ -44,8 +44,8 @@ def blur(x):
 
 
 def toy_blocks():
-    return Blocks(Block("embed", "stem", nn.Identity(), [], "BCHW"), Block("conv", "blur", blur, [], "BCHW"),
-                  Block("head", "head", lambda x: x.mean(dim=(1, 2, 3)), [nn.Linear(1, 1)], "logits"))
+    return chain(("embed", "stem", lambda x: x, "BCHW"), ("conv", "blur", blur, "BCHW"),
+                 ("head", "head", lambda x: x.mean(dim=(1, 2, 3)), "logits"), modules=[nn.Linear(1, 1)])
 
 
 def test_table_over_batches_equals_one_batch_and_a_blur_lowers_variance():
@@ -69,8 +69,8 @@ def test_bad_input_is_explained():
 
 
 def test_a_subsampling_block_is_shaded_pool_and_keeps_its_kind():
-    blocks = Blocks(Block("embed", "stem", nn.Identity(), [], "BCHW"),
-                    Block("conv", "strided", lambda x: F.avg_pool2d(x, 2), [], "BCHW", downsamples=True),
-                    Block("head", "head", lambda x: x.mean(dim=(1, 2, 3)), [nn.Linear(1, 1)], "logits"))
+    blocks = chain(("embed", "stem", lambda x: x, "BCHW"),
+                   ("conv", "strided", lambda x: F.avg_pool2d(x, 2), "BCHW", {"downsamples": True}),
+                   ("head", "head", lambda x: x.mean(dim=(1, 2, 3)), "logits"), modules=[nn.Linear(1, 1)])
     table = variance.variances(blocks, [torch.randn(2, 3, 8, 8)])
     assert table["kind"].tolist() == ["embed", "conv"] and table["shade"].tolist() == ["embed", "pool"]
