@@ -112,7 +112,8 @@ def run(config, *, progress=True):
     if rank().world_size > 1:
         raise ValueError("the build-up is sequential (each step depends on the accuracies before it): run it in one "
                          "process; `python -m helpers.train` trains one variant on several GPUs")
-    train_set, test_set = train.datasets_of(config)
+    # every variant is an AlterNet of the baseline's registry entry: CIFAR images at their size and normalisation
+    train_set, test_set = train.datasets_of(config, models.resolve(config.baseline, data.NUM_CLASSES[config.dataset]))
     table = experiment.table(config, "buildup", config.baseline, ("layout",), weights=None,
                              data={"train": data.fingerprint(train_set), "test": data.fingerprint(test_set)})
     folder = (config.results_folder() / "smoke" / "buildup" if config.smoke else Path(config.folder)) / table.folder.name

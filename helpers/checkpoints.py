@@ -30,65 +30,73 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def by_hand(name):
-    url = models.entry(name).url or "(no official file)"
-    return f"To place it by hand, download {url} and put it in checkpoints/ (see checkpoints/README.md)."
+def by_hand(spec):
+    url = spec.entry.url if spec.entry else None
+    return f"To place it by hand, download {url or '(no official file)'} and put it in checkpoints/ (see checkpoints/README.md)."
 
 
-def load(name, root="checkpoints", url=None, map_location=None, verbose=False, mirror=None):
-    """The model `name` in eval mode with weights from `root`, downloaded first when the file is absent.
+def load(spec, root="checkpoints", url=None, map_location=None, verbose=False, mirror=None):
+    """The model of `spec` (a registry name with official weights, or any `helpers.models` specification with `url`)
+    in eval mode with weights from `root`, downloaded first when the file is absent.
 
     The file comes from the official location, or from the mirror in effect (`mirror`, else $VITS_MIRROR; see
     `helpers.download`), or from `url`; only an official download is checked against the official fingerprints,
     the others are verified by structure.
     """
-    entry = models.entry(name)
-    if url is None and entry.file is None:
-        raise CheckpointError(f"No official checkpoint was published for {name!r} (there are: "
+    spec = models.resolve(spec)
+    if url is None and (spec.entry is None or spec.entry.file is None):
+        raise CheckpointError(f"No official checkpoint was published for {spec.name!r} (there are: "
                               f"{', '.join(models.OFFICIAL)}). Train one with classification.ipynb and load it with "
-                              f"load_file(path, {name!r}).")
-    url, official = (url, False) if url is not None else source(entry.url, mirror)
-    path = Path(root) / (entry.file if official else Path(urlparse(url).path).name)
+                              f"load_file(path, {spec.name!r}).")
+    url, official = (url, False) if url is not None else source(spec.entry.url, mirror)
+    path = Path(root) / (spec.entry.file if official else Path(urlparse(url).path).name)
     if path.exists():
         if verbose:
             print(f"{path}: sha256 {file_digest(path)}")
-        return load_file(path, name, map_location=map_location)
+        return load_file(path, spec, map_location=map_location)
     verified = []
 
     def verify(tmp):  # runs on the temporary file: a file that fails never reaches `path`
-        model = load_file(tmp, name)
+        model = load_file(tmp, spec)
         if official:
-            check_fingerprint(model, name, tmp)
+            check_fingerprint(model, spec, tmp)
         if verbose:
             print(f"{path.name}: sha256 {file_digest(tmp)}")
         verified.append(model)
 
-    download(url, path, verify=verify, hint=by_hand(name) if official else "")
+    download(url, path, verify=verify, hint=by_hand(spec) if official else "")
     return verified[0].to(map_location) if map_location is not None else verified[0]
 
 
-def pretrained(name, root="checkpoints", path=None, smoke=False, map_location=None, mirror=None):
-    """What a notebook loads: the official weights (or the file at `path`, e.g. a trained AlterNet); with
-    `smoke=True` freshly initialised weights (always the same ones), so smoke runs need no download."""
-    if smoke:
-        if path is not None:
-            raise ValueError(f"A smoke run uses fresh weights, so the checkpoint {path} would be ignored: "
-                             "drop it, or run without smoke.")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # the same fresh weights in every run and on every torchrun rank
-            model = models.create(name).eval()
-        return model.to(map_location) if map_location is not None else model
+def pretrained(spec, root="checkpoints", path=None, smoke=False, map_location=None, mirror=None):
+    """What a figure loads for a specification: the file at `path` (weights of your own, e.g. a trained AlterNet);
+    else the official CIFAR-100 weights of a registry model, timm's hub weights of a pretrained tag, or fresh weights
+    for another timm architecture or your own code (said in a note). With `smoke=True` fresh weights (always the
+    same ones), so smoke runs need no download. In eval mode, on `map_location`."""
+    spec = models.resolve(spec)
+    if smoke and path is not None:
+        raise ValueError(f"A smoke run uses fresh weights, so the checkpoint {path} would be ignored: "
+                         "drop it, or run without smoke.")
     if path is not None:
-        return load_file(path, name, map_location=map_location)
-    return load(name, root=root, map_location=map_location, mirror=mirror)
+        return load_file(path, spec, map_location=map_location)
+    if spec.entry is not None and not smoke:
+        return load(spec, root=root, map_location=map_location, mirror=mirror)
+    if not smoke and not spec.pretrained:
+        print(f"Note: {spec.name} has no official weights and no checkpoint was given: its weights are fresh "
+              "(seeded); give a file in `checkpoints` to analyse trained ones.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same fresh weights in every run and on every torchrun rank
+        model = spec.build(fresh=True)
+    return (model.to(map_location) if map_location is not None else model).eval()
 
 
-def load_file(path, name, map_location=None):
-    """Load a checkpoint file already on disk into a fresh `models.create(name)`, in eval mode, moved to
-    `map_location` if given (weights are read on the CPU, then the model moves once)."""
-    model = models.create(name)
-    state_dict = remap(read_state_dict(path), name, model)
-    check_structure(state_dict, model.state_dict(), path, name)
+def load_file(path, spec, map_location=None):
+    """Load a checkpoint file already on disk into a fresh model of `spec`, in eval mode, moved to `map_location`
+    if given (weights are read on the CPU, then the model moves once)."""
+    spec = models.resolve(spec)
+    model = spec.build(fresh=True)
+    state_dict = remap(read_state_dict(path), spec, model)
+    check_structure(state_dict, model.state_dict(), path, spec.name)
     model.load_state_dict(state_dict)
     return model.to(map_location).eval() if map_location is not None else model.eval()
 
@@ -138,16 +146,18 @@ def remap_swin(state_dict, model):
 REMAPS = {"pit": remap_pit, "swin": remap_swin}
 
 
-def remap(state_dict, name, model):
+def remap(state_dict, spec, model):
+    """The registry families' remaps from the timm 0.5.4 layout; other models' files are taken as they are."""
+    spec = models.resolve(spec)
     state_dict = {k: v for k, v in state_dict.items() if not NON_LEARNED.search(k)}
-    family_remap = REMAPS.get(models.entry(name).family)
+    family_remap = REMAPS.get(spec.entry.family) if spec.entry else None
     if family_remap is None:
         return state_dict
     try:
         return family_remap(state_dict, model)
     except Exception as error:  # timm's filter looks up submodules by key: a foreign file can break it
-        raise CheckpointError(f"Could not convert the checkpoint to {name}'s layout ({error}); "
-                              f"is it a {name} checkpoint?") from error
+        raise CheckpointError(f"Could not convert the checkpoint to {spec.name}'s layout ({error}); "
+                              f"is it a {spec.name} checkpoint?") from error
 
 
 def check_structure(state_dict, expected, path, name):
@@ -170,13 +180,13 @@ def fingerprint(model):
     return norm_sums(model.parameters())
 
 
-def check_fingerprint(model, name, path):
-    entry = models.entry(name)
-    if entry.fingerprint is None:
+def check_fingerprint(model, spec, path):
+    entry, name = spec.entry, spec.name
+    if entry is None or entry.fingerprint is None:
         return
     found, known = fingerprint(model), entry.fingerprint
     if not all(math.isclose(f, k, rel_tol=FINGERPRINT_RTOL) for f, k in zip(found, known)):
         raise CheckpointError(
             f"The downloaded {entry.file} is not the official {name} checkpoint: its parameters' L1/L2 norm sums "
             f"are {found[0]:.2f}/{found[1]:.4f}, the official weights' are {known[0]:.2f}/{known[1]:.4f} "
-            f"(sha256 of the file: {file_digest(path)}). It was not saved. {by_hand(name)}")
+            f"(sha256 of the file: {file_digest(path)}). It was not saved. {by_hand(spec)}")

@@ -35,7 +35,7 @@ from itertools import combinations_with_replacement
 import pandas as pd
 import torch
 from einops import rearrange
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from helpers import data, experiment
 from helpers.blocks import Blocks, split
@@ -123,14 +123,17 @@ class MinibatchCKA:
         return rearrange(unbiased_centered(grams), "l i j -> l (i j)")
 
     def hsic(self, images):
-        """{pair: HSIC_1 of every block of a (rows) with every block of b} for one batch of `n` >= 4 images."""
-        n = images.shape[0]
-        flat = {name: self.centered_grams(name, images) for name in self.blocks}
+        """{pair: HSIC_1 of every block of a (rows) with every block of b} for one batch of `n` >= 4 images: a tensor
+        for every model, or a dict of the same images prepared for each model (its input size and normalisation)."""
+        images = images if isinstance(images, dict) else dict.fromkeys(self.blocks, images)
+        n = next(iter(images.values())).shape[0]
+        flat = {name: self.centered_grams(name, images[name]) for name in self.blocks}
         return {(a, b): (flat[a] @ flat[b].T).cpu() / (n * (n - 3)) for a, b in self.pairs}
 
     def add(self, images):
-        """Add one batch of `n` images (`n` the same for every batch)."""
-        self.add_hsic(self.hsic(images), images.shape[0])
+        """Add one batch of `n` images (`n` the same for every batch; a tensor or a dict, as `hsic` takes)."""
+        self.add_hsic(self.hsic(images), next(iter(images.values())).shape[0] if isinstance(images, dict)
+                      else images.shape[0])
 
     def add_hsic(self, hsic, n):
         if self.batch_size is not None and n != self.batch_size:
@@ -159,13 +162,14 @@ def transposed(similarity):
 
 
 def minibatch_cka(models, batches, *, class_token="keep"):
-    """`MinibatchCKA(models)` accumulated over `batches` (images, or (images, labels) pairs, all of one size n >= 4),
-    in memory. A batch of another size than the first is left out with a warning."""
+    """`MinibatchCKA(models)` accumulated over `batches` (images, (images, labels) pairs, or a dict of each model's
+    images, all of one size n >= 4), in memory. A batch of another size than the first is left out with a warning."""
     accumulator = MinibatchCKA(models, class_token=class_token)
     for batch in batches:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if accumulator.batch_size is not None and images.shape[0] != accumulator.batch_size:
-            warnings.warn(f"left out a batch of {images.shape[0]} examples: the estimator sums batches of "
+        size = len(next(iter(images.values()))) if isinstance(images, dict) else len(images)
+        if accumulator.batch_size is not None and size != accumulator.batch_size:
+            warnings.warn(f"left out a batch of {size} examples: the estimator sums batches of "
                           f"{accumulator.batch_size}")
             continue
         accumulator.add(images)
@@ -197,12 +201,10 @@ class Config(Pretrained):
 
 
 def test_images(config):
-    """The first `config.examples` CIFAR-100 test images (synthetic ones when smoke), normalised."""
-    if config.smoke:
-        return data.synthetic(config.examples)
-    test_set = data.dataset("cifar100", config.data_root, train=False, transform=data.test_transform("cifar100"),
-                            mirror=config.mirror)
-    return Subset(test_set, range(min(config.examples, len(test_set))))
+    """{model: the first `config.examples` CIFAR-100 test images through that model's transform} (synthetic ones
+    when smoke): the same images for every model, each at its own input size and normalisation."""
+    return {name: data.test_images(config.spec(name), config.examples, root=config.data_root, mirror=config.mirror,
+                                   smoke=config.smoke) for name in config.models}
 
 
 def nets(config, device=None):
@@ -215,26 +217,27 @@ def run(config, *, progress=True):
     config = config.resolved()
     device = pick_device()
     images, models = test_images(config), nets(config, device)
-    if len(images) < config.batch_size:
-        raise ValueError(f"{len(images)} images make no batch of {config.batch_size}")
-    name = "+".join(config.models)
-    table = experiment.table(config, "cka", name, ("batch",), data=data.fingerprint(images),
+    count = min(len(i) for i in images.values())
+    if count < config.batch_size:
+        raise ValueError(f"{count} images make no batch of {config.batch_size}")
+    name = "+".join(config.spec(n).slug for n in config.models)
+    table = experiment.table(config, "cka", name, ("batch",), data={n: data.fingerprint(i) for n, i in images.items()},
                              weights={n: experiment.weights_digest(m) for n, m in models.items()})
-    units = [{"batch": b} for b in range(len(images) // config.batch_size)]
+    units = [{"batch": b} for b in range(count // config.batch_size)]
     accumulator = MinibatchCKA(models, class_token=config.class_token)
     todo = table.todo(units)
     sampler = [range(u["batch"] * config.batch_size, (u["batch"] + 1) * config.batch_size) for u in todo]
-    loader = iter(DataLoader(images, batch_sampler=sampler, num_workers=data.worker_count(config.workers),
-                             pin_memory=device.type == "cuda"))
+    loaders = {n: iter(DataLoader(i, batch_sampler=sampler, num_workers=data.worker_count(config.workers),
+                                  pin_memory=device.type == "cuda")) for n, i in images.items()}
 
     def compute(unit):
-        batch, _ = next(loader)
+        batch = {n: next(loader)[0] for n, loader in loaders.items()}
         hsic = accumulator.hsic(batch)
-        return {"batch": unit["batch"], "size": len(batch),
+        return {"batch": unit["batch"], "size": config.batch_size,
                 "hsic": {f"{a}|{b}": values.flatten().tolist() for (a, b), values in hsic.items()}}
 
     fill(table, units, compute, todo=todo, desc=f"CKA {table.folder.name}", progress=progress)
-    return [experiment.Outcome(name, table, units)]
+    return [experiment.Outcome("+".join(config.models), table, units)]
 
 
 def similarities(outcome, models, *, class_token="keep"):

@@ -25,11 +25,11 @@ sign or the majority it states is measured.
 - Accuracy, `accuracy` (`train.accuracy_table`): per model, ours against the paper's (holds: within `tolerance`
   points). n: test images.
 
-Which model plays ViT and which ResNet (Fig. 1, Fig. 2b): a model with MSA blocks (`split(models.create(name))`
-has an `msa` block: ViT, PiT, Swin, AlterNet) is compared with each model without one (ResNet), by a rule over the
-blocks, not the names; `msa_models` (the names with MSA blocks) decides for models the registry does not know. A
-label after a name ("vit_ti (authors)": the authors' published grid) keeps a model apart: only models with the same
-label are compared.
+Which model plays ViT and which ResNet (Fig. 1, Fig. 2b): a model with MSA blocks (the split of its specification
+has an `msa` block: ViT, PiT, Swin, AlterNet, a timm DeiT) is compared with each model without one (ResNet), by a
+rule over the blocks, not the names; `msa_models` (the names with MSA blocks) decides for names that are no model
+specification. A label after a name ("vit_ti (authors)": the authors' published grid) keeps a model apart: only
+models with the same label are compared.
 
 `python -m helpers.claims [--results DIR]` judges every figure table saved in a results folder, says for each
 figure without one why, and writes the verdicts as `claims.csv` and `claims.md` in that folder.
@@ -173,9 +173,13 @@ def variance(table, *, smoke=None):
 
 @functools.lru_cache(maxsize=None)
 def has_msa(name):
-    """Whether registry model `name` (a label may follow: "vit_ti (authors)") has an MSA block; None if unknown."""
-    base = name.split()[0]
-    return "msa" in split(models.create(base)).kinds if base in models.REGISTRY else None
+    """Whether the model specification `name` (a label may follow: "vit_ti (authors)") has an MSA block, by the rule
+    of `helpers.blocks` on fresh weights; None if it names no model."""
+    try:
+        spec = models.resolve(name.rsplit(" (", 1)[0])
+    except ValueError:
+        return None
+    return "msa" in split(spec.build(fresh=True)).kinds
 
 
 def with_msa(names, msa_models=None):

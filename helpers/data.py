@@ -37,23 +37,34 @@ STD = {"cifar10": (0.2023, 0.1994, 0.2010), "cifar100": (0.2675, 0.2565, 0.2761)
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
-def normalize(name):
+def normalize(name, spec=None):
+    """The normalisation of a model's inputs: its own (timm's data config of an ImageNet model), else the dataset's."""
+    if spec is not None and spec.mean is not None:
+        return transforms.Normalize(spec.mean, spec.std)
     return transforms.Normalize(MEAN[name], STD[name])
 
 
-def test_transform(name):
+def resized(spec):
+    """[a resize of the 32 x 32 images to the model's input size] when it is another, else []."""
+    if spec is None or tuple(spec.input_size[1:]) == (32, 32):
+        return []
+    return [transforms.Resize(tuple(spec.input_size[1:]), interpolation=transforms.InterpolationMode.BICUBIC)]
+
+
+def test_transform(name, spec=None):
+    """The authors' test transform, at the input size and normalisation of `spec` (a `helpers.models.Spec`)."""
     # The authors' timm eval transform also resizes and centre-crops to 32 pixels: a no-op on CIFAR.
-    return transforms.Compose([transforms.ToTensor(), normalize(name)])
+    return transforms.Compose([transforms.ToTensor(), *resized(spec), normalize(name, spec)])
 
 
-def train_transform(name, augment=()):
+def train_transform(name, augment=(), spec=None):
     """The authors' random 32-pixel crop of the 4-pixel-padded image and horizontal flip.
 
     `augment` (PIL transforms such as RandAugment) runs after the flip and before `ToTensor`, where the
-    authors' timm pipeline puts its augmentations.
+    authors' timm pipeline puts its augmentations; a model of another input size (`spec`) gets the result resized.
     """
     return transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                               *augment, transforms.ToTensor(), normalize(name)])
+                               *augment, transforms.ToTensor(), *resized(spec), normalize(name, spec)])
 
 
 class _Downloading:
@@ -148,12 +159,29 @@ def loader(dataset, batch_size=128, *, shuffle=False, workers=None):
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
 
 
-def synthetic(n=64, name="cifar100", *, seed=0):
-    """`n` random images, normalised like `name`'s, with random labels of its classes; no download."""
+def synthetic(n=64, name="cifar100", *, seed=0, spec=None):
+    """`n` random images of a model's input size (`spec`; default 32 x 32), normalised like its inputs, with random
+    labels of `name`'s classes; no download."""
     generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (n, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    size = tuple(spec.input_size) if spec is not None else (3, 32, 32)
+    pixels = torch.randint(0, 256, (n, *size), generator=generator, dtype=torch.uint8)
     labels = torch.randint(0, NUM_CLASSES[name], (n,), generator=generator)
-    return TensorDataset(normalize(name)(pixels / 255), labels)
+    return TensorDataset(normalize(name, spec)(pixels / 255), labels)
+
+
+def synthetic_pixels(n, name="cifar100", *, seed=0):
+    """(uint8 images n x 32 x 32 x 3, labels) of random pixels: a smoke run's stand-in for a raw CIFAR split."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, NUM_CLASSES[name], n)
+
+
+def test_images(spec, n=None, *, root="data", mirror=None, smoke=False, name="cifar100"):
+    """The first `n` test images of `name` (all when None) through `spec`'s test transform, or `n` synthetic ones of
+    its size for a smoke run: the images of the figures that need no labels' training split."""
+    if smoke:
+        return synthetic(n or 8, name, spec=spec)
+    test_set = dataset(name, root, train=False, transform=test_transform(name, spec), mirror=mirror)
+    return Subset(test_set, range(min(n or len(test_set), len(test_set))))
 
 
 def sample(dataset, n=None, *, seed=0):
@@ -165,12 +193,12 @@ def sample(dataset, n=None, *, seed=0):
     return Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist())
 
 
-def training_set(config, transform, name="cifar100"):
+def training_set(config, transform, name="cifar100", spec=None):
     """The training split of `name` with `transform`, the first `config.images` of a shuffle seeded by
-    `config.seed` (synthetic images when `config.smoke`): what every experiment trains or measures on. `config` is an
-    experiment config (smoke, images, seed, data_root, mirror)."""
+    `config.seed` (synthetic images of `spec`'s size when `config.smoke`): what every experiment trains or measures on.
+    `config` is an experiment config (smoke, images, seed, data_root, mirror)."""
     if config.smoke:
-        return synthetic(config.images, name, seed=config.seed)
+        return synthetic(config.images, name, seed=config.seed, spec=spec)
     dataset_ = dataset(name, config.data_root, train=True, transform=transform, mirror=config.mirror)
     return sample(dataset_, config.images, seed=config.seed)
 

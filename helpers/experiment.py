@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from helpers import models
 from helpers.common import rank
 from helpers.sweep import Table
 
@@ -96,8 +97,8 @@ class Experiment:
 @dataclass
 class Pretrained(Experiment):
     """The settings of a figure of pretrained models: which ones, and where their weights come from."""
-    models: list[str] = setting(["resnet_50", "vit_ti"], "models (python -m helpers.models lists them)",
-                                identity=False)
+    models: list[str] = setting(["resnet_50", "vit_ti"], "model specifications: registry names (python -m "
+                                "helpers.models lists them), timm:NAME, file.py:FUNCTION", identity=False)
     checkpoints: dict[str, str] = setting({}, "model name -> checkpoint file to use instead of the official weights "
                                           "(e.g. a trained AlterNet)", identity=False)
     checkpoint_root: str = setting("checkpoints", "folder of the official checkpoints (downloaded there on first use)",
@@ -108,13 +109,24 @@ class Pretrained(Experiment):
         if self.smoke and self.checkpoints:
             raise ValueError(f"checkpoints={self.checkpoints!r}: a smoke run uses fresh weights, so these files "
                              "would be ignored; drop them, or run without smoke")
+        for text in [*self.models, *self.checkpoints]:
+            models.resolve(text)  # a specification that names nothing fails here, before anything is computed
+
+    def names(self):
+        """Every model of the figure: `models`, then the other specifications of `checkpoints`."""
+        return self.models + [name for name in self.checkpoints if name not in self.models]
+
+    def spec(self, name):
+        """The resolved `helpers.models.Spec` of a specification, with the figure's 100 CIFAR-100 classes."""
+        return models.resolve(name, num_classes=100)
 
     def pretrained(self, name, device=None):
-        """Model `name` with its weights: official (downloaded, mirror honoured), the file of `checkpoints`, or
-        fresh ones for a smoke run; in eval mode on `device`."""
+        """The model `name` names with its weights: the file of `checkpoints`, else official (downloaded, mirror
+        honoured), timm's hub weights or fresh ones (see `helpers.checkpoints.pretrained`), and fresh ones for a
+        smoke run; in eval mode on `device`."""
         from helpers.checkpoints import pretrained
 
-        return pretrained(name, self.checkpoint_root, path=self.checkpoints.get(name), smoke=self.smoke,
+        return pretrained(self.spec(name), self.checkpoint_root, path=self.checkpoints.get(name), smoke=self.smoke,
                           map_location=device, mirror=self.mirror)
 
 
@@ -202,9 +214,12 @@ def parse_bool(text):
 
 
 def pair_parser(value_type):
-    """NAME=VALUE -> (name, value); values of a `dict[str, str]` stay strings, others are Python literals."""
+    """NAME=VALUE -> (name, value); values of a `dict[str, str]` stay strings, others are Python literals. NAME may be
+    a model specification with keywords, `timm:NAME(img_size=32)=FILE`: it ends at its closing parenthesis."""
     def parse_pair(text):
-        key, sep, value = text.partition("=")
+        cut = text.find(")") + 1 if "(" in text.partition("=")[0] else 0
+        key, sep, value = text[cut:].partition("=")
+        key = text[:cut] + key
         if not sep:
             raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
         if value_type is not str:

@@ -22,7 +22,7 @@ The half diagonal is defined for square maps only (H = W, as in every model of t
 frequency (k, k) would be k cycles per H rows but per W columns, so a non-square map raises a ValueError.
 
 The mean of log amplitudes over images is linear, so `spectra` accumulates it batch by batch and gives exactly
-the one-big-batch result. `imagenet_images` (at the end) and `helpers.models.imagenet_model` are the authors' own
+the one-big-batch result. `imagenet_images` (at the end) and `helpers.models.imagenet_spec` are the authors' own
 setting: timm's ImageNet-pretrained models on ImageNet validation images.
 """
 import pandas as pd

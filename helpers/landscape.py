@@ -39,14 +39,15 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from helpers import data, experiment, losses, models
+from helpers import data, experiment, losses, models, trace
+from helpers.blocks import probe_size
 from helpers.common import evaluating, file_digest, pick_device, seeded
 from helpers.download import download, source
 from helpers.experiment import Pretrained, positive, setting
 from helpers.recipes import STRONG
 from helpers.sweep import fill
 
-EXCLUDED = ("pos_embed", "relative_position")  # the authors' `kws`
+EXCLUDED = ("pos_embed", "relative_position", "rel_pos")  # the authors' `kws`, and timm's decomposed rel. positions
 EPS = 1e-7
 COLUMNS = ("x", "y", "l1", "l2", "NLL", "loss", "Acc")
 # The columns of the authors' header-less published CSVs (losslandscape.ipynb's `names`: tests.save_metrics
@@ -79,10 +80,27 @@ class Config(Pretrained):
 
 # Directions
 
-def perturbed_parameters(model, *, exclude=EXCLUDED):
-    """The parameters the landscape moves, by name: two or more dimensions, no excluded word in the name."""
-    return {name: p for name, p in model.named_parameters()
-            if p.ndim >= 2 and not any(word in name for word in exclude)}
+def excluded_parameters(model, inputs=None):
+    """The names of the parameters the landscape never moves: the authors' (a word of EXCLUDED in the name: position
+    embeddings and relative-position tables), and every position table the rule of `helpers.trace` finds in one probe
+    pass on `inputs` (default: random ones of the model's input size; a table added to the activations: a learned
+    position embedding, a bias table, Swin V2's position MLP)."""
+    device = next(model.parameters()).device
+    inputs = torch.randn(2, *probe_size(model), device=device) if inputs is None else inputs[:2].to(device)
+    try:
+        probe = trace.probe(model, inputs)
+    except Exception as error:
+        raise ValueError(f"{type(model).__name__} does not run on inputs of {tuple(inputs.shape)} ({error}); give it "
+                         "an `input_size` attribute, or the parameters never to move as `exclude`.") from error
+    words = {name for name, _ in model.named_parameters() if any(word in name for word in EXCLUDED)}
+    return frozenset(words | trace.position_parameters(probe))
+
+
+def perturbed_parameters(model, *, exclude=None):
+    """The parameters the landscape moves, by name: two or more dimensions, not `exclude`d (names; default:
+    `excluded_parameters(model)`)."""
+    exclude = excluded_parameters(model) if exclude is None else exclude
+    return {name: p for name, p in model.named_parameters() if p.ndim >= 2 and name not in exclude}
 
 
 def filter_normalized_direction(direction, weight, *, normalization="dim0"):
@@ -100,7 +118,7 @@ def filter_normalized_direction(direction, weight, *, normalization="dim0"):
     return (weight_norm / (direction_norm + EPS) * direction.double()).to(direction.dtype)
 
 
-def random_directions(model, *, seed=0, normalization="dim0", exclude=EXCLUDED):
+def random_directions(model, *, seed=0, normalization="dim0", exclude=None):
     """Two normalised Gaussian directions (dicts of float32 CPU tensors by parameter name), drawn on the CPU
     from `seed` so that every device, rank and resumed run regenerates the same bits."""
     generator = torch.Generator().manual_seed(seed)
@@ -119,7 +137,7 @@ def directions_digest(directions):
     return digest.hexdigest()[:16]
 
 
-def check_fit(directions, model, *, source="the directions", exclude=EXCLUDED):
+def check_fit(directions, model, *, source="the directions", exclude=None):
     """Raise a ValueError naming every mismatch between `directions` and the model's perturbed parameters."""
     parameters = perturbed_parameters(model, exclude=exclude)
     for index, direction in enumerate(directions):
@@ -240,15 +258,18 @@ def evaluate(model, batches, *, log_of_softmax=True):
 
 
 def landscape(model, batches, table, points, directions, *, weight_decay=STRONG.weight_decay, log_of_softmax=True,
-              progress=True):
+              exclude=None, progress=True):
     """Fill `table` (a `helpers.sweep.Table` keyed by x, y) with one row (COLUMNS) per grid point of `points` not
     there yet, this rank's share; return the finished rows of `points` as a DataFrame of floats, in their order.
 
     `batches` may be a callable returning them, called only if a point is left to compute. The model is evaluated
-    in eval mode and handed back with its mode and bit-identical weights.
+    in eval mode and handed back with its mode and bit-identical weights. `exclude`: the parameters never moved
+    (default: those the directions do not hold; `run` gives `excluded_parameters(model)`).
     """
-    check_fit(directions, model)
-    parameters = perturbed_parameters(model)
+    if exclude is None:  # the directions say what moves
+        exclude = frozenset(name for name, _ in model.named_parameters()) - set().union(*directions)
+    check_fit(directions, model, exclude=exclude)
+    parameters = perturbed_parameters(model, exclude=exclude)
     directions = [{name: d[name].to(p.device, p.dtype) for name, p in parameters.items()} for d in directions]
     if table.todo(points) and callable(batches):
         batches = batches()
@@ -311,26 +332,32 @@ def run(config, *, progress=True):
     `experiment.Outcome` per model (`read(outcome.table, outcome.units)` is its table)."""
     config = config.resolved()
     device = pick_device()
-    dataset = data.training_set(config, STRONG.train_transform("cifar100"))
     points = grid_points(config.points, span=config.span, one_dimensional=config.one_dimensional)
-    augmented = []
-
-    def batches():  # drawn once, and only if some point is left to compute
-        if not augmented:
-            augmented.extend(augmented_batches(dataset, seed=config.seed, batch_size=config.batch_size,
-                                               mixup=STRONG.mixup_fn(data.NUM_CLASSES["cifar100"]), device=device,
-                                               workers=config.workers, progress=progress))
-        return augmented
-
     outcomes = []
     for name in config.models:
+        spec = config.spec(name)
+        if spec.imagenet:
+            raise ValueError(f"{name} classifies ImageNet: the landscape is of a CIFAR-100 loss; give a CIFAR model.")
+        dataset = data.training_set(config, STRONG.train_transform("cifar100", spec), spec=spec)
+        augmented = []
+
+        def batches(dataset=dataset, augmented=augmented):  # drawn once, and only if some point is left to compute
+            if not augmented:
+                augmented.extend(augmented_batches(dataset, seed=config.seed, batch_size=config.batch_size,
+                                                   mixup=STRONG.mixup_fn(data.NUM_CLASSES["cifar100"]), device=device,
+                                                   workers=config.workers, progress=progress))
+            return augmented
+
         model = config.pretrained(name, device)
-        directions = random_directions(model, seed=config.seed, normalization=config.normalization)
+        exclude = excluded_parameters(model)
+        directions = random_directions(model, seed=config.seed, normalization=config.normalization, exclude=exclude)
         weights = {"model": experiment.weights_digest(model), "directions": directions_digest(directions)}
-        table = experiment.table(config, "landscape", name, ("x", "y"), data=data.fingerprint(dataset),
+        table = experiment.table(config, "landscape", spec.slug, ("x", "y"), data=data.fingerprint(dataset),
                                  weights=weights)
-        landscape(model, batches, table, points, directions, weight_decay=config.weight_decay, progress=progress)
+        landscape(model, batches, table, points, directions, weight_decay=config.weight_decay, exclude=exclude,
+                  progress=progress)
         outcomes.append(experiment.Outcome(name, table, points))
+        del augmented[:]  # the next model draws its own, at its input size
     return outcomes
 
 

@@ -25,10 +25,6 @@ from helpers.common import provenance_path, writing
 from helpers.fourier import shifted_frequencies
 
 SHADES = {"msa": ("tab:gray", 0.15), "pool": ("tab:blue", 0.15)}  # conv/mlp stay white, as in the paper
-# (marker, colour) per family: the authors' diamonds for ResNet and circles for ViT, then ours
-STYLES = {"resnet": ("D", "tab:blue"), "vit": ("o", "tab:red"), "pit": ("s", "tab:green"),
-          "swin": ("^", "tab:purple"), "alternet": ("v", "tab:orange")}
-OTHER_STYLE = ("P", "tab:gray")
 DEPTH_COLORMAP = "plasma"
 KIND_COLORS = {"embed": "black", "conv": "tab:blue", "msa": "tab:red", "mlp": "tab:green",
                "pool": "tab:purple", "head": "tab:gray"}  # pool: every subsampling block, strided bottlenecks too
@@ -75,10 +71,14 @@ def shade_kinds(ax, blocks):
 
 
 def model_style(name):
-    """(marker, colour) of a registry model (a label may follow its name: "vit_ti (authors)"), by its family: the
-    authors' diamonds for ResNet, circles for ViT."""
-    entry = models.REGISTRY.get(name.split()[0])
-    return STYLES.get(entry.family, OTHER_STYLE) if entry else OTHER_STYLE
+    """(marker, colour) of a model specification (`helpers.models.Spec.style`; a label may follow it: "vit_ti
+    (authors)"): the authors' diamonds for ResNet and circles for ViT, and a style of its own for any other model."""
+    for text in (name, name.rsplit(" (", 1)[0]):
+        try:
+            return models.resolve(text).style
+        except ValueError:
+            continue
+    return models.style_of(name)
 
 
 def depth_curve(ax, blocks, values, *, marker="o", color=None, label=None, highlight=None):

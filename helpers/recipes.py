@@ -33,13 +33,14 @@ class Recipe:
     padding: int = 4                   # random crop of the zero-padded image
     eval_batch_size: int = 256
 
-    def train_transform(self, dataset="cifar100"):
-        """Crop and flip, then RandAugment if the recipe has it (PIL images in, normalised tensors out)."""
+    def train_transform(self, dataset="cifar100", spec=None):
+        """Crop and flip, then RandAugment if the recipe has it (PIL images in, normalised tensors out), resized to
+        the input size of the model `spec` (a `helpers.models.Spec`) when it is not 32 x 32."""
         if self.rand_augment is None:
-            return data.train_transform(dataset)
+            return data.train_transform(dataset, spec=spec)
         # timm's hyper-parameters for RandAugment at this image size: translation and fill from the data mean
         hparams = {"translate_const": int(32 * 0.45), "img_mean": tuple(round(255 * m) for m in data.MEAN[dataset])}
-        return data.train_transform(dataset, augment=[rand_augment_transform(self.rand_augment, hparams)])
+        return data.train_transform(dataset, augment=[rand_augment_transform(self.rand_augment, hparams)], spec=spec)
 
     def mixup_fn(self, num_classes):
         """timm's batch-wise Mixup/CutMix with label smoothing, or None when the recipe mixes nothing."""

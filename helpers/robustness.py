@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers import data, experiment, metrics, models
+from helpers import checkpoints, data, experiment, metrics, models
 from helpers.common import evaluating, pick_device
 from helpers.experiment import Pretrained, positive, setting
 from helpers.noise import BANDS, BANDWIDTH, band_limited_noise
@@ -42,10 +42,10 @@ SMOKE_CORRUPTIONS = ("gaussian_noise", "fog", "pixelate")  # a smoke run's, unle
 
 # --- the tensor pipeline ---------------------------------------------------------------------------------------
 
-def model_input(images, device, *, dataset="cifar100"):
-    """uint8 images N x H x W x 3 (numpy, memory map or tensor) -> normalised float N x 3 x H x W on `device`.
-
-    Float tensors are taken to be model inputs already (normalised N x 3 x H x W) and are only moved.
+def model_input(images, device, *, dataset="cifar100", spec=None):
+    """uint8 images N x H x W x 3 (numpy, memory map or tensor) -> normalised float N x 3 x H x W on `device`, resized
+    to the input size of the model `spec` and normalised as its inputs are (`data.test_transform(dataset, spec)`'s
+    resize and normalisation, on the device). Float tensors are taken to be model inputs already and are only moved.
     """
     if not torch.is_tensor(images):
         images = _host_tensor(np.asarray(images), pin=device.type == "cuda")
@@ -55,7 +55,10 @@ def model_input(images, device, *, dataset="cifar100"):
         raise ValueError(f"expected uint8 images of shape (N, H, W, 3) or normalised float (N, 3, H, W); "
                          f"got {images.dtype} {tuple(images.shape)}")
     images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)  # N,H,W,3 -> N,3,H,W
-    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (data.MEAN[dataset], data.STD[dataset]))
+    for resize in data.resized(spec):
+        images = resize(images)
+    normalization = data.normalize(dataset, spec)
+    mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (normalization.mean, normalization.std))
     return images.sub_(mean).div_(std)
 
 
@@ -81,13 +84,15 @@ def _batches(images, batch_size):
 
 
 @torch.inference_mode()
-def evaluate(model, images, labels, *, batch_size=500, perturb=None, bins=BINS, dataset="cifar100"):
+def evaluate(model, images, labels, *, batch_size=500, perturb=None, bins=BINS, dataset="cifar100", spec=None):
     """`metrics.Metrics` of `model` on `images` with class indices `labels`. `images` is what `model_input` takes
     (uint8 images, normalised tensors) or a dataset of (normalised image, label) pairs, e.g. `data.imagenet_images`.
 
     `perturb(inputs, start)` may change each normalised batch (`start`: index of its first image) before the
-    model sees it. The model is evaluated in eval mode and left in the mode it was in.
+    model sees it. `spec` (default: the model's own, `model.spec`) sets the input size and normalisation of uint8
+    images. The model is evaluated in eval mode and left in the mode it was in.
     """
+    spec = spec if spec is not None else getattr(model, "spec", None)
     device = next(model.parameters()).device
     labels = labels.long() if torch.is_tensor(labels) else torch.tensor(np.array(labels), dtype=torch.long)
     if len(images) != len(labels):
@@ -95,7 +100,7 @@ def evaluate(model, images, labels, *, batch_size=500, perturb=None, bins=BINS, 
     accumulator = metrics.Accumulator(bins=bins, device=device)  # sums stay on the device: no sync per batch
     with evaluating(model):
         for start, batch in _batches(images, batch_size):
-            inputs = model_input(batch, device, dataset=dataset)
+            inputs = model_input(batch, device, dataset=dataset, spec=spec)
             if perturb is not None:
                 inputs = perturb(inputs, start)
             accumulator.update(model(inputs), labels[start:start + len(batch)].to(device, non_blocking=True))
@@ -216,9 +221,9 @@ class Config(Pretrained):
 
 
 def clean_test_set(config):
-    """(uint8 images N x 32 x 32 x 3 or normalised tensors, labels) of the clean CIFAR-100 test set."""
+    """(uint8 images N x 32 x 32 x 3, labels) of the clean CIFAR-100 test set (random pixels for a smoke run)."""
     if config.smoke:
-        return data.synthetic(config.images).tensors
+        return data.synthetic_pixels(config.images)
     test_set = data.dataset("cifar100", config.data_root, train=False, mirror=config.mirror)
     n = config.images or len(test_set)
     return test_set.data[:n], test_set.targets[:n]
@@ -245,28 +250,35 @@ def corrupted_set(config):
 
 
 def noise_model_and_images(config, name, device):
-    """(model, images, labels) of the noise sweep: the CIFAR-100 model and clean test set, or with `imagenet` timm's
-    ImageNet counterpart and that folder's first `images` images."""
+    """(model, images, labels) of the noise sweep: a CIFAR model and the clean CIFAR-100 test set; with `imagenet`, an
+    ImageNet model (a pretrained timm tag, or timm's counterpart of a registry model) and that folder's first
+    `images` images through its own transform."""
+    spec = config.spec(name)
     if config.imagenet is None or config.smoke:
-        model = config.pretrained(name, device)
-        return (model, *clean_test_set(config))
-    model = models.imagenet_model(name).to(device)  # the registry's counterpart, pretrained from timm's hub
+        if spec.imagenet and not config.smoke:
+            raise ValueError(f"{name} classifies ImageNet: set `imagenet` to a folder of ImageNet validation images.")
+        return (config.pretrained(name, device), *clean_test_set(config))
+    if not spec.imagenet:
+        spec = models.imagenet_spec(name)  # the registry's counterpart; other CIFAR models have none: an error
+    model = checkpoints.pretrained(spec, map_location=device)  # timm's hub weights
     images = data.imagenet_images(config.imagenet, model, config.images)
     return model, images, images.labels
 
 
 def run(config, *, progress=True):
     """Every sweep of `config` for every model: this rank's unfinished units computed and stored; returns one
-    `experiment.Outcome` per (sweep, model), named "corruptions model" or "noise model"."""
+    `experiment.Outcome` per (sweep, model), named "corruptions model" or "noise model". CIFAR-100-C is for CIFAR
+    models: an ImageNet model (a pretrained timm tag) has its noise sweep only."""
     config = config.resolved()
     device, outcomes = pick_device(), []
-    if "corruptions" in config.sweeps:
+    cifar = [name for name in config.models if not config.spec(name).imagenet]
+    if "corruptions" in config.sweeps and cifar:
         corrupted, (images, labels) = corrupted_set(config), clean_test_set(config)
         fingerprint = {"clean": identity(images, labels), "corrupted": corrupted.fingerprint()}
         names = [c for c in config.corruptions or data.ALL_CORRUPTIONS if c in corrupted.corruptions]
-        for name in config.models:
+        for name in cifar:
             model = config.pretrained(name, device)
-            table = experiment.table(config, "robustness_cifar100c", name, ("corruption", "severity"),
+            table = experiment.table(config, "robustness_cifar100c", config.spec(name).slug, ("corruption", "severity"),
                                      data=fingerprint, weights=experiment.weights_digest(model))
             corruption_sweep(model, corrupted, images, labels, table, corruptions=names,
                              batch_size=config.batch_size, progress=progress)
@@ -274,8 +286,8 @@ def run(config, *, progress=True):
     if "noise" in config.sweeps:
         for name in config.models:
             model, images, labels = noise_model_and_images(config, name, device)
-            table = experiment.table(config, "robustness_noise", name + ("_imagenet" if config.imagenet else ""),
-                                     ("epsilon", "frequency"), data=identity(images, labels),
+            table = experiment.table(config, "robustness_noise", model.spec.slug + ("_imagenet" if config.imagenet
+                                     else ""), ("epsilon", "frequency"), data=identity(images, labels),
                                      weights=experiment.weights_digest(model))
             frequency_noise_sweep(model, images, labels, table, band=config.band, frequencies=config.frequencies,
                                   epsilon=config.epsilon, seed=config.seed, batch_size=config.batch_size,

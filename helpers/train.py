@@ -47,8 +47,10 @@ POSTFIX_EVERY = 20  # steps between progress-bar updates (each one waits for the
 
 
 def build(name, recipe=STRONG, num_classes=100, **kw):
-    """`models.create(name)` with the recipe's stochastic depth."""
-    return models_module.create(name, num_classes=num_classes, sd=recipe.sd, **kw)
+    """The model a specification names (`helpers.models`), fresh, with `num_classes`; a registry model with the
+    recipe's stochastic depth (another model's is what its specification or `kw` say, e.g. drop_path_rate=0.1)."""
+    spec = models_module.resolve(name, num_classes)
+    return spec.build(**({"sd": recipe.sd} if spec.entry is not None else {}), **kw)
 
 
 def checkpoint_path(folder, name, dataset="cifar100", stage=None):
@@ -427,7 +429,8 @@ class Config(Training, Pretrained):
     models: list[str] = setting(["resnet_50", "swin_ti", "pit_ti", "vit_ti"],
                                 "models evaluated with their official weights (or the files of `checkpoints`)",
                                 identity=False)
-    model: str = setting("alternet_50", "the model to train", choices=models_module.NAMES)
+    model: str = setting("alternet_50", "the model to train: a specification (registry name, timm:NAME, "
+                         "file.py:FUNCTION)", check=lambda text: models_module.resolve(text) and None)
     model_args: dict[str, object] = setting({}, "keywords for helpers.models.create (on the command line: depth=1 "
                                             "embed_dim=64)")
 
@@ -438,13 +441,19 @@ def training_folder(config):
     return config.results_folder() / "smoke" / "trained" if config.smoke else Path(config.folder)
 
 
-def datasets_of(config):
-    """(training set with the recipe's transform, test set), or synthetic stand-ins when smoke."""
-    train_set = data.training_set(config, RECIPES[config.recipe].train_transform(config.dataset), config.dataset)
+def datasets_of(config, spec=None):
+    """(training set with the recipe's transform, test set) at the input size of the model `spec` (default: the
+    model to train), or synthetic stand-ins when smoke."""
+    spec = spec or models_module.resolve(config.model, data.NUM_CLASSES[config.dataset])
+    if spec.imagenet:
+        raise ValueError(f"{spec.name} classifies ImageNet: the authors' recipe trains and tests on {config.dataset}; "
+                         "give a CIFAR model (a registry name, timm:NAME without a pretrained tag, or your own file).")
+    train_set = data.training_set(config, RECIPES[config.recipe].train_transform(config.dataset, spec),
+                                  config.dataset, spec=spec)
     if config.smoke:
-        return train_set, data.synthetic(config.test_images, config.dataset, seed=config.seed + 1)
+        return train_set, data.synthetic(config.test_images, config.dataset, seed=config.seed + 1, spec=spec)
     test_set = data.dataset(config.dataset, config.data_root, train=False, transform=data.test_transform(
-        config.dataset), mirror=config.mirror)
+        config.dataset, spec), mirror=config.mirror)
     return train_set, Subset(test_set, range(min(config.test_images or len(test_set), len(test_set))))
 
 
@@ -452,24 +461,28 @@ def accuracy_table(config, *, progress=True):
     """One row per evaluated model (`models`, then the other names of `checkpoints`): the paper's accuracy beside
     ours, NLL, ECE, Acc-90, Freq-90 and throughput on this device."""
     config = config.resolved()
-    device, (_, test_set) = pick_device(), datasets_of(config)
-    rows = []
-    for name in config.models + [name for name in config.checkpoints if name not in config.models]:
+    device, rows = pick_device(), []
+    for name in config.names():
+        spec = config.spec(name)
+        _, test_set = datasets_of(config, spec)
         net = config.pretrained(name, device)
         metrics = evaluate(net, test_set, batch_size=config.eval_batch_size, workers=data.worker_count(config.workers),
                            progress=progress)
-        rows.append({"model": name, "paper_accuracy": models_module.entry(name).paper_accuracy, **metrics.row()})
+        paper = spec.entry.paper_accuracy if spec.entry else None
+        rows.append({"model": name, "paper_accuracy": paper, **metrics.row()})
     return pd.DataFrame(rows)
 
 
 def run(config, *, progress=True):
-    """Train `config.model` with its recipe (resuming its last checkpoint); returns (model, log) on rank 0."""
+    """Train `config.model` with its recipe (resuming its last checkpoint); returns (model, log) on rank 0. Its files
+    are named after the specification (`Spec.slug`: `cifar100_timm-convnext_atto.pth.tar`)."""
     config = config.resolved()
-    train_set, test_set = datasets_of(config)
+    spec = models_module.resolve(config.model, data.NUM_CLASSES[config.dataset])
+    train_set, test_set = datasets_of(config, spec)
     recipe = RECIPES[config.recipe]
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model = build(config.model, recipe, data.NUM_CLASSES[config.dataset], **config.model_args).to(pick_device())
-    log = train(model, train_set, test_set, name=config.model, recipe=recipe, dataset=config.dataset,
+    model = build(spec, recipe, data.NUM_CLASSES[config.dataset], **config.model_args).to(pick_device())
+    log = train(model, train_set, test_set, name=spec.slug, recipe=recipe, dataset=config.dataset,
                 folder=training_folder(config), epochs=config.epochs, warmup_epochs=config.warmup_epochs,
                 batch_size=config.batch_size, seed=config.seed, workers=config.workers, progress=progress,
                 extra={"model_args": config.model_args, "smoke": config.smoke})

@@ -62,8 +62,9 @@ POINTS = landscape.grid_points(3)
 
 
 def sweep(model, augmented, folder, points=POINTS, directions=None, rank_info=None):
-    """The landscape of `model` in a table at `folder`, along `directions` (default: seed 0's)."""
-    directions = directions or landscape.random_directions(model)
+    """The landscape of `model` in a table at `folder`, along `directions` (default: seed 0's of `tiny()`, drawn on a
+    copy: finding its position tables runs a probe pass, which the tests' hooks on `model` would count)."""
+    directions = directions or landscape.random_directions(tiny())
     return landscape.landscape(model, augmented, Table(folder, ("x", "y"), rank_info=rank_info), points, directions,
                                progress=False)
 
@@ -104,9 +105,11 @@ def test_directions_regenerate_bit_for_bit_and_their_digest_knows_the_weights():
     assert landscape.directions_digest(landscape.random_directions(tiny(), seed=1)) == digest
     assert landscape.directions_digest(landscape.random_directions(tiny(), seed=2)) != digest
     assert landscape.directions_digest(landscape.random_directions(tiny(seed=5), seed=1)) != digest  # other weights
-    other = nn.Sequential(nn.Linear(3, 4))
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 100))
     with pytest.raises(ValueError, match="do not fit"):
         landscape.check_fit(landscape.random_directions(tiny()), other)
+    with pytest.raises(ValueError, match="does not run on inputs of .2, 3, 32, 32.*input_size"):
+        landscape.check_fit(landscape.random_directions(tiny()), nn.Linear(3, 4))
 
 
 def test_directions_are_the_same_bits_in_another_process():

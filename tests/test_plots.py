@@ -71,7 +71,9 @@ def test_save_writes_png_pdf_csv_and_depths(tmp_path):
     assert all(p.exists() for p in paths) and [p.suffix for p in paths] == [".png", ".pdf", ".csv", ".json"]
     assert plots.model_style("resnet_50") == plots.model_style("resnet_18 (authors)") == ("D", "tab:blue")
     assert plots.model_style("vit_s")[0] == "o" and plots.model_style("pit_ti")[0] == "s"
-    assert plots.model_style("vit_tiny_patch16_224") == plots.OTHER_STYLE  # not a registry name
+    other = plots.model_style("timm:convnext_atto")  # outside the registry: a style none of the authors' models has
+    assert other not in models.STYLES.values() and other == plots.model_style("timm:convnext_atto (fresh)")
+    assert plots.model_style("my_net.py:build") != other  # another model, another style (these two differ)
     plt.close(fig)
 
 

@@ -551,15 +551,18 @@ def test_the_imagenet_mode_of_the_config_runs_timm_counterparts_on_a_synset_fold
 
     made = []
 
-    def counterpart(name, pretrained=True):  # the hub is out of reach: the same model without its weights
-        made.append(models.entry(name).imagenet)
-        return timm.create_model(models.entry(name).imagenet, pretrained=False).eval()
+    build = models.Spec.build
 
-    monkeypatch.setattr(models, "imagenet_model", counterpart)
+    def offline(spec, *, fresh=False, **keywords):  # the hub is out of reach: the same model without its weights
+        made.append(spec.text)
+        return build(spec, fresh=True, **keywords)
+
+    monkeypatch.setattr(models.Spec, "build", offline)
     config = robustness.Config(models=["resnet_18"], sweeps=["noise"], imagenet=str(imagenet_folder(tmp_path / "val")),
                                images=4, batch_size=2, frequencies=[0.5], results=str(tmp_path / "results"))
     (outcome,) = robustness.run(config, progress=False)
-    assert made == ["resnet18"] and outcome.table.folder.name.startswith("resnet_18_imagenet-")
+    counterpart = "resnet18." + timm.models.get_pretrained_cfg("resnet18").tag  # timm's default weights
+    assert made == ["timm:" + counterpart] and outcome.table.folder.name.startswith(f"timm-{counterpart}_imagenet-")
     _, noise_table = robustness.tables([outcome])
     assert list(noise_table.frequency) == [0.0, 0.5] and set(noise_table["count"]) == {4}
     definition = (outcome.table.folder / "definition.json").read_text()
