@@ -70,32 +70,29 @@ ARCHITECTURES = {
     "hiera_tiny_224": (128, {"msa": 4}, 4, 0),
 }
 PRE_NORM = ("deit_tiny_patch16_224", "vit_small_patch16_224", "eva02_tiny_patch14_224", "convit_tiny", "cait_xxs24_224")
-BUILT = {}
 
 
-def built(name):
-    """(model, its blocks, an input), made once per test session; zero-initialised norms and layer scales (timm
-    starts some branches at exactly 0) drawn anew, so that every branch contributes."""
-    if name not in BUILT:
-        side = ARCHITECTURES[name][0]
-        torch.manual_seed(0)
-        try:
-            net = timm.create_model(name, num_classes=10, img_size=side)
-        except TypeError:  # a model built for one size only
-            net = timm.create_model(name, num_classes=10)
-        with torch.no_grad():
-            for p in net.parameters():
-                if p.ndim == 1 and p.abs().max() < 1e-3:
-                    p.uniform_(0.5, 1.0)
-        net.eval()
-        BUILT.clear()  # one model at a time: memory follows the test, not the list
-        BUILT[name] = net, split(net, input_size=(3, side, side)), torch.randn(2, 3, side, side)
-    return BUILT[name]
+@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+def built(request):
+    """(name, model, its blocks, an input), made once: pytest runs every test of one architecture before building the
+    next. Zero-initialised norms and layer scales (timm starts some branches at exactly 0) are drawn anew, so that
+    every branch contributes."""
+    name, side = request.param, ARCHITECTURES[request.param][0]
+    torch.manual_seed(0)
+    try:
+        net = timm.create_model(name, num_classes=10, img_size=side)
+    except TypeError:  # a model built for one size only
+        net = timm.create_model(name, num_classes=10)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim == 1 and p.abs().max() < 1e-3:
+                p.uniform_(0.5, 1.0)
+    net.eval()
+    return name, net, split(net, input_size=(3, side, side)), torch.randn(2, 3, side, side)
 
 
-@pytest.mark.parametrize("name", ARCHITECTURES)
-def test_blocks_compute_the_model_with_the_kinds_the_rule_gives(name):
-    net, blocks, x = built(name)
+def test_blocks_compute_the_model_with_the_kinds_the_rule_gives(built):
+    name, net, blocks, x = built
     _, kinds, stage_ends, removable = ARCHITECTURES[name]
     with torch.no_grad():
         logits = net(x)
@@ -112,11 +109,10 @@ def test_blocks_compute_the_model_with_the_kinds_the_rule_gives(name):
     assert [b.downsamples for b in blocks.layers][1:] == [after < before for before, after in zip(sizes, sizes[1:])]
 
 
-@pytest.mark.parametrize("name", ARCHITECTURES)
-def test_removing_a_block_zeroes_its_branch(name):
+def test_removing_a_block_zeroes_its_branch(built):
     """Against the model run with the branch's module patched to return zeros at that call (no hooks), and, for the
     pre-norm transformers whose shortcut is the identity, against the stream before the block."""
-    net, blocks, x = built(name)
+    name, net, blocks, x = built
     with torch.no_grad():
         intact = net(x)
         before = blocks.features(x)
@@ -153,9 +149,8 @@ def patched(net, site, x):
         del module.forward
 
 
-@pytest.mark.parametrize("name", ARCHITECTURES)
-def test_fourier_and_variance_run_on_every_block(name):
-    net, blocks, x = built(name)
+def test_fourier_and_variance_run_on_every_block(built):
+    name, net, blocks, x = built
     diagonals = fourier.spectra(blocks, [x])
     table = fourier.relative_log_amplitudes(blocks, diagonals)
     variances = variance.variances(blocks, [x])
