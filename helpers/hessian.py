@@ -413,21 +413,56 @@ class Spectrum:
                    converged=certified(run, shift=shift, k=k, tol=tol), loss=loss)
 
 
-def eigenvalues(model, inputs, targets, *, k=K, tol=TOL, max_steps=MAX_STEPS, basis=BASIS,
-                weight_decay=STRONG.weight_decay, convention="squared", dtype=torch.float32, generator=None):
-    """The `Spectrum` of the Hessian of one mini-batch's loss (see the module docstring) by one Lanczos run that
-    stops once each of the k Ritz values of largest magnitude has an exact eigenvalue within `tol` times its
-    magnitude, or after `max_steps` with `converged` False. Memory: `memory(parameters, basis=basis, dtype=dtype)`,
-    e.g. 6.3 GB for ResNet-50 in float32 at basis 64."""
+def eigenvalues(model, inputs, targets, *, weight_decay=STRONG.weight_decay, convention="squared", k=K, tol=TOL,
+                max_steps=MAX_STEPS, basis=BASIS, dtype=torch.float32, generator=None):
+    """The `Spectrum` of the Hessian of one mini-batch's loss NLL + `weight_decay` x L2 (`losses_eigenvalues` of
+    that one loss)."""
+    return losses_eigenvalues(model, inputs, targets, weight_decays=[weight_decay], convention=convention, k=k,
+                              tol=tol, max_steps=max_steps, basis=basis, dtype=dtype, generator=generator)[0]
+
+
+def losses_eigenvalues(model, inputs, targets, *, weight_decays=(0.0, STRONG.weight_decay), convention="squared",
+                       k=K, tol=TOL, max_steps=MAX_STEPS, basis=BASIS, dtype=torch.float32, generator=None):
+    """One `Spectrum` per loss NLL + wd x L2 of `weight_decays` (see the module docstring), on one mini-batch, each
+    stopped once its own k Ritz values of largest magnitude have an exact eigenvalue within `tol` times their
+    magnitude, or after `max_steps` with `converged` False.
+
+    Under "squared" the Hessian of NLL + L2 is NLL's plus wd I: the same Krylov space, T + wd I, the same bounds.
+    So ONE Lanczos run on NLL's Hessian serves every loss, continued until each loss's own top-k by magnitude (which
+    the shift can change) is certified. "norm_sum" is no shift: one run per loss, each from the same start vector.
+    Memory: `memory(parameters, basis=basis, dtype=dtype)`, e.g. 6.3 GB for ResNet-50 in float32 at basis 64.
+    """
     if max_steps < k:
         raise ValueError(f"max_steps={max_steps} Lanczos steps cannot give k={k} eigenvalues; use max_steps >= k")
+    shared = convention == "squared"
+    if basis < smallest_basis(k, len(weight_decays) if shared else 1):
+        raise ValueError(too_small(basis, k, len(weight_decays) if shared else 1))
+    start = generator.get_state() if generator is not None else None
+    options = dict(k=k, tol=tol, max_steps=max_steps, basis=basis, dtype=dtype, generator=generator)
+    if shared:
+        return one_run(model, inputs, targets, weight_decays, convention, options)
+    spectra = []
+    for weight_decay in weight_decays:
+        if start is not None:
+            generator.set_state(start)  # every loss's run from the same start vector, as in a run of its own
+        spectra += one_run(model, inputs, targets, [weight_decay], convention, options)
+    return spectra
+
+
+def one_run(model, inputs, targets, weight_decays, convention, options):
+    """The spectra of one Lanczos run: on the Hessian of NLL with each squared weight decay as a shift, or on the
+    Hessian of the one loss NLL + wd x L2 of `weight_decays`."""
+    shifts = weight_decays if convention == "squared" else [0.0]
+    penalty = 0.0 if convention == "squared" else weight_decays[0]
     device = next(model.parameters()).device
     with evaluating(model), math_attention():
-        operator = HessianOperator(model, inputs.to(device), targets.to(device), weight_decay=weight_decay,
-                                   convention=convention, dtype=dtype)
-        run = lanczos(operator, operator.dim, k=k, tol=tol, max_steps=max_steps, basis=basis, generator=generator,
-                      device=device, dtype=dtype)
-    return Spectrum.of(run, k=k, tol=tol, loss=operator.loss.item())
+        operator = HessianOperator(model, inputs.to(device), targets.to(device), weight_decay=penalty,
+                                   convention=convention, dtype=options["dtype"])
+        run = lanczos(operator, operator.dim, shifts=shifts, device=device, **options)
+        with torch.no_grad():  # the shifts' penalties (wd/2)|w|^2; a loss of its own has its penalty inside
+            losses = [operator.loss.item() + l2_penalty(operator.parameters, shift).item() for shift in shifts]
+    return [Spectrum.of(run, shift=shift, k=options["k"], tol=options["tol"], loss=value)
+            for shift, value in zip(shifts, losses)]
 
 
 def memory_plan(config):
@@ -497,21 +532,36 @@ def spectra(model, dataset, table, *, weight_decays=(0.0, STRONG.weight_decay), 
     batch) in `table` (a `helpers.sweep.Table` keyed by weight_decay and batch; see `spectrum_row`). Finished
     units are skipped on rerun, and under `torchrun` each rank takes its share; returns the rows of these units.
 
+    Under "squared" a batch's losses share one Lanczos run (`losses_eigenvalues`): the batch is the unit of work
+    (a rank takes whole batches), and a batch with any loss unfinished is run for all of them. So a loss's row
+    depends on the other losses of the definition, within the certified bounds (and in its step count).
+
     `dataset` carries the training transform (e.g. `STRONG.train_transform()`); `mixup_fn` e.g.
     `STRONG.mixup_fn(100)`. Batch b's images, augmentation and Lanczos start depend only on (`seed`, b).
     """
     batches = batch_indices(dataset, batch_size=batch_size, fraction=fraction, seed=seed)
     units = [{"weight_decay": wd, "batch": b} for wd in weight_decays for b in range(len(batches))]
+    shared = convention == "squared"
+    work = [[unit for unit in units if unit["batch"] == b] for b in range(len(batches))] if shared else [
+        [unit] for unit in units]  # the units of one Lanczos run
+    done, rows = table.done(), {}
+    todo = [unit for group in work[table.rank.rank::table.rank.world_size] for unit in group
+            if table.unit_key(unit) not in done]
 
     def compute(unit):
-        b = unit["batch"]
-        inputs, targets = augmented_batch(dataset, batches[b], mixup_fn=mixup_fn, seed=seed * 100_003 + b)
-        spectrum = eigenvalues(model, inputs, targets, k=k, tol=tol, max_steps=max_steps, basis=basis,
-                               weight_decay=unit["weight_decay"], convention=convention, dtype=dtype,
-                               generator=torch.Generator().manual_seed(seed * 100_003 + b))
-        return {**unit, **spectrum_row(spectrum)}
+        if table.unit_key(unit) not in rows:  # the first unit of its run: every loss of the run at once
+            b = unit["batch"]
+            losses = weight_decays if shared else [unit["weight_decay"]]
+            inputs, targets = augmented_batch(dataset, batches[b], mixup_fn=mixup_fn, seed=seed * 100_003 + b)
+            found = losses_eigenvalues(model, inputs, targets, weight_decays=losses, convention=convention, k=k,
+                                       tol=tol, max_steps=max_steps, basis=basis, dtype=dtype,
+                                       generator=torch.Generator().manual_seed(seed * 100_003 + b))
+            for wd, spectrum in zip(losses, found):
+                key = {"weight_decay": wd, "batch": b}
+                rows[table.unit_key(key)] = {**key, **spectrum_row(spectrum)}
+        return rows.pop(table.unit_key(unit))
 
-    fill(table, units, compute, desc=f"Hessian {table.folder.name}", progress=progress)
+    fill(table, units, compute, todo=todo, desc=f"Hessian {table.folder.name}", progress=progress)
     return table.frame(units)
 
 
@@ -543,8 +593,9 @@ class Config(Pretrained):
         super().__post_init__()
         if self.max_steps < self.k:
             raise ValueError(f"max_steps={self.max_steps}: Lanczos needs at least k={self.k} steps for k eigenvalues")
-        if self.basis < smallest_basis(self.k):
-            raise ValueError(too_small(self.basis, self.k, 1))
+        losses = len(self.weight_decays) if self.convention == "squared" else 1  # squared: one run for all losses
+        if self.basis < smallest_basis(self.k, losses):
+            raise ValueError(too_small(self.basis, self.k, losses))
 
 
 def run(config, *, progress=True):

@@ -297,8 +297,32 @@ def test_a_basis_too_small_for_k_is_a_clear_error():
     model, inputs = mlp()
     with pytest.raises(ValueError, match=r"basis=7 vectors cannot hold the 5 wanted .* use basis >= 8"):
         hessian.eigenvalues(model, inputs, targets_for(inputs), k=5, basis=7)
-    with pytest.raises(ValueError, match=r"use basis >= 8"):
-        hessian.Config(basis=7)
+    with pytest.raises(ValueError, match=r"of each of 2 losses.* use basis >= 13"):  # squared: one run for both
+        hessian.losses_eigenvalues(model, inputs, targets_for(inputs), weight_decays=[0, 0.05], k=5, basis=12)
+    hessian.losses_eigenvalues(model, inputs, targets_for(inputs), weight_decays=[0, 0.05], k=5, basis=12,
+                               convention="norm_sum", max_steps=8)  # a run per loss
+    with pytest.raises(ValueError, match=r"use basis >= 13"):
+        hessian.Config(basis=12)
+
+
+def test_one_run_serves_every_squared_weight_decay_each_certifying_its_own_top_k(negative):
+    model, inputs, targets, exact, _ = negative
+    weight_decays = [0.0, 0.1]  # 0.1 lifts 3.18 above -3.33 in magnitude: the two losses' top-5 differ
+    assert set(hessian.by_magnitude(exact, 5).tolist()) != set(hessian.by_magnitude(exact + 0.1, 5).tolist())
+    seed = torch.Generator().manual_seed
+    shared = hessian.losses_eigenvalues(model, inputs, targets, weight_decays=weight_decays, dtype=torch.float64,
+                                        generator=seed(0))
+    assert shared[0].steps == shared[1].steps  # one run
+    for spectrum, weight_decay in zip(shared, weight_decays):
+        product = operator(model, inputs, targets, weight_decay=weight_decay)  # the penalty in the loss: a run alone
+        alone = hessian.Spectrum.of(hessian.lanczos(product, product.dim, dtype=torch.float64, generator=seed(0)),
+                                    loss=product.loss.item())
+        assert spectrum.converged and alone.converged
+        assert ((spectrum.magnitude - alone.magnitude).abs() <= spectrum.bounds + alone.bounds + 1e-12).all()
+        assert spectrum.loss == pytest.approx(alone.loss, rel=1e-12)
+        shifted = exact + weight_decay
+        expected = shifted[hessian.by_magnitude(shifted, 5)]
+        assert ((spectrum.magnitude - expected).abs() <= spectrum.bounds + 1e-9 * exact.abs().max()).all()
 
 
 def test_squared_l2_shifts_every_eigenvalue_by_the_weight_decay():
@@ -418,20 +442,20 @@ def test_resume_and_torchrun_give_the_same_eigenvalues_as_one_run(tmp_path, monk
     assert uninterrupted["converged"].dtype == bool and (uninterrupted["steps"] <= 6).all()
     assert all(len(values) == 2 for values in uninterrupted["magnitude"])
 
-    calls, real = [], hessian.eigenvalues
+    calls, real = [], hessian.losses_eigenvalues
 
     def crashing(*args, **kw):
         calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # killed during the third batch
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed during the second batch: one Lanczos run for both losses of a batch
         return real(*args, **kw)
 
-    monkeypatch.setattr(hessian, "eigenvalues", crashing)
+    monkeypatch.setattr(hessian, "losses_eigenvalues", crashing)
     with pytest.raises(KeyboardInterrupt):
         namespace["run"](tmp_path / "resumed")
-    monkeypatch.setattr(hessian, "eigenvalues", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+    monkeypatch.setattr(hessian, "losses_eigenvalues", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
     resumed = namespace["run"](tmp_path / "resumed")
-    assert len(calls) == 3 + 2  # the two finished batches were not redone
+    assert len(calls) == 2 + 1  # the finished batch (both its losses) was not redone
     same_tables(uninterrupted, resumed)
 
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
