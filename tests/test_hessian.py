@@ -1,8 +1,10 @@
 """helpers.hessian against dense Hessians of the flat loss (torch.autograd.functional.hessian, checked against
 central finite differences of the gradient and against torch.func's forward-over-reverse hessian), and against
 hand-derived curvature (L2 conventions), exact Gauss-quadrature moments and an uninterrupted run."""
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -475,3 +477,26 @@ def test_augmented_batches_are_mixed_and_reproducible():
     assert targets.sum(1).allclose(torch.ones(4)) and (targets.max(1).values < 1).all()  # soft, smoothed
     with pytest.raises(ValueError, match="examples"):
         hessian.batch_indices(dataset, batch_size=32, fraction=1.0)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINES = {"pyhessian": "pyhessian", "eigenthings": "hessian_eigenthings",
+             "eigenthings_certified": "hessian_eigenthings"}  # the benchmark's baselines and their modules
+BLOCKED = ("import runpy, sys; sys.modules.update(pyhessian=None, hessian_eigenthings=None); "  # imports then fail
+           "sys.path.insert(0, 'benchmarks'); sys.argv = ['hessian.py', '--smoke']; "
+           "runpy.run_path('benchmarks/hessian.py', run_name='__main__')")
+
+
+@pytest.mark.parametrize("baselines", ["as installed", "blocked"])
+def test_benchmark_smoke(baselines):
+    command = ["benchmarks/hessian.py", "--smoke"] if baselines == "as installed" else ["-c", BLOCKED]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                   "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, *command], cwd=ROOT, env=environment, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    last = run.stdout.strip().splitlines()[-len(BASELINES):]
+    for line, (baseline, module) in zip(last, BASELINES.items()):
+        installed = baselines == "as installed" and importlib.util.find_spec(module) is not None
+        said = r">?\d+\.\dx" if installed else r"missing \(pip install "  # a ratio, never its value
+        assert re.match(rf"ratio {baseline} / ours on the figure's workload: {said}", line), run.stdout[-3000:]
