@@ -6,13 +6,18 @@ Mixup/CutMix, as the authors measured) and BatchNorm in eval mode, the loss is
 The paper's statistic (the authors' "Hessian max eigenvalue spectrum", their issue #12) is, per batch, the top-5
 eigenvalues as PyHessian's power iteration with deflation returns them: the 5 of largest MAGNITUDE, which may be
 negative, pooled over batches into one density. We get them by Lanczos with full reorthogonalisation on the
-Hessian-vector products, stopped once they are certified: each Ritz value theta_i of the tridiagonal T_m has the
+Hessian-vector products, stopped once they are certified: each Ritz value theta_i of the projection T_m has the
 residual bound |beta_m s_{m,i}|, an exact eigenvalue lies within it, and the run stops when every wanted bound
-is at most tol·|theta_i| (`certified`). The bound is for the operator as computed; float32 products add their
-own rounding, about 1e-6 relative on the tests' ViT, far below the default tol. The same run gives, as our extra
-panels, the k largest and the k smallest eigenvalues with their bounds (stopping does not wait for those), and
-the nodes and weights (first components squared of T's eigenvectors) of a stochastic Lanczos quadrature (SLQ)
-of the spectral density, one node per step; `spectral_density` broadens them with Gaussians.
+is at most tol·|theta_i| and the next candidate inwards from each end cannot reach their magnitude
+(`certified`). The bound is for the operator as computed; float32 products add their own rounding, about 1e-6
+relative on the tests' ViT, far below the default tol, and so do the float32 inner products over millions of
+parameters, summed pairwise (`inner_products`). Memory follows the steps: the basis grows as they are taken, up
+to `basis` vectors; a run that needs more restarts thick (Wu & Simon 2000: the wanted Ritz vectors and the
+residual go on, T becomes an arrowhead), so it holds (basis + 2) x parameters numbers at most (`memory`). The same
+run gives, as our extra panels, the k largest and the k smallest eigenvalues with their bounds (stopping does
+not wait for those), and the nodes and weights (first components squared of T's eigenvectors) of a stochastic
+Lanczos quadrature (SLQ) of the spectral density, one node per step before any restart; `spectral_density`
+broadens them with Gaussians.
 
 L2 conventions (helpers.losses): "squared" is the textbook (wd/2)·‖w‖², whose Hessian is the NLL Hessian plus
 wd·I, so every eigenvalue shifts by wd. "norm_sum" is the authors' landscape convention wd·Σ‖w‖ (unsquared
@@ -26,13 +31,15 @@ is forced for the duration of a computation (`math_attention`), then the previou
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from helpers import data, experiment
+from helpers import data, experiment, models
 from helpers.common import evaluating, pick_device, seeded
 from helpers.experiment import Pretrained, positive, setting
 from helpers.losses import l2_penalty, nll
@@ -41,7 +48,10 @@ from helpers.sweep import fill
 
 K = 5             # the k eigenvalues of largest magnitude (the paper's statistic), and k at each end of the spectrum
 TOL = 1e-4        # a Ritz value is certified when its residual bound is at most TOL times its magnitude
-MAX_STEPS = 128   # Lanczos steps at most; the basis holds MAX_STEPS x (number of parameters) numbers
+MAX_STEPS = 128   # Lanczos steps (Hessian-vector products) at most
+BASIS = 64        # Lanczos vectors held at most, each of the number of parameters; beyond, a thick restart
+CHUNK = 8         # basis vectors allocated at a time: memory follows the steps taken
+WORK = 2          # vectors held besides the basis: a product H v while its pieces are joined (see `memory`)
 BATCH_SIZE = 16   # small mini-batches ...
 FRACTION = 0.1    # ... over about a tenth of the training set, as in the paper
 
@@ -89,81 +99,254 @@ class HessianOperator:
         return torch.cat([product.reshape(-1) for product in products])
 
 
-def lanczos(operator, dim, *, k=K, tol=TOL, max_steps=MAX_STEPS, generator=None, device=None,
-            dtype=torch.float32):
-    """Lanczos coefficients `(alphas, betas)` (float64, m of each) of the symmetric `operator` from a random unit
-    Rademacher vector, with full reorthogonalisation, stopped at the first step m where `certified(alphas, betas,
-    k=k, tol=tol)`, or after `max_steps` (capped at `dim`). T_m is tridiagonal with diagonal `alphas` and
-    off-diagonal `betas[:-1]`; `betas[-1]` is beta_m, the norm of the residual left after step m. `tol=0` runs
-    exactly `max_steps` steps (a fixed-step quadrature).
+class Basis:
+    """The orthonormal Lanczos vectors: rows of chunks of CHUNK vectors, allocated as the steps need them and never
+    more than `capacity` in all. `allocated` (what the run holds) is the hook that tests read."""
 
-    Memory: the basis holds max_steps x dim numbers of `dtype`, e.g. 128 x 23.7M (ResNet-50) in float32 = 12.1 GB,
-    128 x 5.4M (ViT-Ti) = 2.8 GB. When the Krylov space is exhausted (beta ~ 0) the run restarts from a fresh
-    random vector orthogonal to the basis, so that copies of a multiple eigenvalue are found; T is then block
-    diagonal (that beta is stored as 0) and e1's SLQ weights stay in the first block.
+    def __init__(self, dim, capacity, device, dtype):
+        self.dim, self.capacity, self.device, self.dtype = dim, capacity, device, dtype
+        self.chunks, self.count = [], 0
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, i):
+        return self.chunks[i // CHUNK][i % CHUNK]
+
+    @property
+    def allocated(self):
+        return sum(len(chunk) for chunk in self.chunks)
+
+    def filled(self):
+        """The vectors, a (rows, dim) view per chunk."""
+        return [chunk[:self.count - start] for start, chunk in zip(range(0, self.count, CHUNK), self.chunks)]
+
+    def append(self, vector):
+        if self.count == self.capacity:
+            raise RuntimeError(f"the basis is full ({self.capacity} vectors): restart before appending")
+        if self.count == self.allocated:
+            rows = min(CHUNK, self.capacity - self.allocated)
+            self.chunks.append(torch.empty(rows, self.dim, device=self.device, dtype=self.dtype))
+        self[self.count].copy_(vector)
+        self.count += 1
+
+    def orthogonalise(self, vector):
+        """Remove from `vector`, in place, its components along the basis; return its new norm.
+
+        One classical Gram-Schmidt pass per chunk (its inner products, then one matrix-vector product), and a second
+        pass only when the first removed most of the vector (norm below 1/sqrt(2) of what it was): then what rounding
+        left of the first pass is no longer small against the remainder ("twice is enough", Kahan and Parlett).
+        """
+        before = norm(vector)
+        for _ in range(2):
+            for rows in self.filled():
+                vector.addmv_(rows.T, inner_products(rows, vector), alpha=-1)
+            after = norm(vector)
+            if after > before / 2 ** 0.5:
+                break
+            before = after
+        return after
+
+    def rotate(self, coefficients):
+        """Replace the m vectors V by the l vectors V S (S = `coefficients`, m x l, orthonormal columns), in place, a
+        slice of columns at a time, so that no second basis is ever held (the slices' copies are about a vector)."""
+        m, l = coefficients.shape
+        coefficients = coefficients.to(self.device, self.dtype)
+        width = max(1, self.dim // (2 * m))
+        for start in range(0, self.dim, width):
+            columns = torch.cat([rows[:, start:start + width] for rows in self.filled()])  # (m, width)
+            rotated = coefficients.T @ columns  # (l, width)
+            for first, chunk in zip(range(0, l, CHUNK), self.chunks):
+                chunk[:l - first, start:start + width] = rotated[first:first + CHUNK]
+        self.count = l
+
+
+def inner_products(rows, vector):
+    """rows @ vector, each sum over the dimension by torch's pairwise reduction: BLAS's dot and gemv, and torch's
+    vector_norm on the CPU, sum in a running float32 total that absorbs the small terms following a large one. On a
+    10M-dimensional diagonal operator with its outliers first, they put the certified eigenvalues 6e-3 off (the
+    bound holds for the T computed, not for H); this, 1e-6."""
+    return torch.stack([torch.sum(row * vector) for row in rows])
+
+
+def norm(vector):
+    return inner_products(vector[None], vector).sqrt().item()
+
+
+@dataclass
+class Krylov:
+    """What a Lanczos run leaves, small and in float64. With V the basis (orthonormal columns here), H V = V T + beta
+    v e_m^T for a unit vector v orthogonal to V: so each eigenpair (theta_i, s_i) of T gives a Ritz pair whose
+    residual norm is |beta s_{m,i}|, and some eigenvalue of H lies within it of theta_i."""
+    projection: torch.Tensor  # T = V^T H V: tridiagonal, after a thick restart an arrowhead followed by a tridiagonal
+    beta: float = 0.0         # the norm of the residual left after the last step (0: the Krylov space is exhausted)
+    block: int = 0            # first row of the current Krylov block; rows before it span an invariant subspace
+    alphas: list = dataclass_field(default_factory=list)  # the tridiagonal of the steps before the first thick
+    betas: list = dataclass_field(default_factory=list)   # ... restart (the SLQ quadrature); betas[-1] its beta
+    steps: int = 0            # Lanczos steps, i.e. operator products
+    restarts: int = 0         # thick restarts
+    held: int = 0             # basis vectors allocated at most
+
+
+def smallest_basis(k, losses=1):
+    """The fewest basis vectors a thick restart works with: each loss's k wanted Ritz vectors, the `frontier` at both
+    ends, and the residual."""
+    return losses * k + 3
+
+
+def lanczos(operator, dim, *, k=K, tol=TOL, max_steps=MAX_STEPS, basis=BASIS, shifts=(0.0,), generator=None,
+            device=None, dtype=torch.float32):
+    """The `Krylov` run of the symmetric `operator` from a random unit Rademacher vector, with full
+    reorthogonalisation, stopped at the first step where `certified(run, shift=s, k=k, tol=tol)` holds for every
+    shift s of `shifts` (the spectra of operator + s I, which share the Krylov space), or after `max_steps` (capped
+    at `dim`). `tol=0` runs exactly `max_steps` steps (a fixed-step quadrature).
+
+    Memory: the basis grows CHUNK vectors at a time, as the steps need them, up to `basis` vectors (see `memory`);
+    when it is full the run restarts thick (Wu & Simon 2000): it keeps the wanted Ritz vectors (`kept`) and goes on
+    from the residual, so a step costs one product and the memory stays (basis + WORK) x dim numbers of `dtype`.
+    When the Krylov space is exhausted (beta ~ 0) the run continues from a fresh random vector orthogonal to the
+    basis, so that copies of a multiple eigenvalue are found: T is then block diagonal (that beta is stored as 0).
     """
-    steps = min(max_steps, dim)
-    basis = torch.empty(steps, dim, device=device, dtype=dtype)
-    alphas, betas = [], []
-    vector = random_unit_vector(dim, generator, device, dtype)
-    for j in range(steps):
-        basis[j] = vector
-        residual = operator(vector)
-        alphas.append(torch.dot(residual, vector).item())
-        residual -= alphas[-1] * vector  # the three-term recurrence ...
-        if j:
-            residual -= betas[-1] * basis[j - 1]
-        beta = orthogonalise(residual, basis[:j + 1])  # ... then against the whole basis, as rounding requires
-        exhausted = beta <= 100 * torch.finfo(dtype).eps * max(max(map(abs, alphas)), max(betas, default=0), 1e-30)
-        betas.append(0.0 if exhausted else beta)
-        if j + 1 == steps or (tol > 0 and not exhausted and certified(alphas, betas, k=k, tol=tol)):
+    if basis < smallest_basis(k, len(shifts)):
+        raise ValueError(too_small(basis, k, len(shifts)))
+    vectors = Basis(dim, min(basis, dim), device, dtype)
+    vectors.append(random_unit_vector(dim, generator, device, dtype))
+    run = Krylov(torch.zeros(1, 1, dtype=torch.float64))
+    for step in range(min(max_steps, dim)):
+        residual, exhausted = lanczos_step(operator, vectors, run)
+        run.held = vectors.allocated
+        if step + 1 == min(max_steps, dim) or (tol > 0 and not exhausted and all(
+                certified(run, shift=shift, k=k, tol=tol) for shift in shifts)):
             break
-        vector = fresh_vector(basis[:j + 1], generator) if exhausted else residual / beta
-    return torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64)
+        coupling = restart(run, vectors, k=k, shifts=shifts) if len(vectors) == vectors.capacity else None
+        extend(run, vectors, residual, coupling, generator, exhausted)
+        del residual  # copied into the basis: not held through the next product
+    return run
+
+
+def too_small(basis, k, losses):
+    each = f"{k} wanted Ritz vectors" + (f" of each of {losses} losses" if losses > 1 else "")
+    return (f"basis={basis} vectors cannot hold the {each}, the next candidate at each end of the spectrum and the "
+            f"residual across a thick restart; use basis >= {smallest_basis(k, losses)} (memory: hessian.memory), or "
+            "a smaller k")
+
+
+def lanczos_step(operator, vectors, run):
+    """One step from the last basis vector v: alpha = v^T H v into T, and the residual H v - T's column, orthogonalised
+    against the whole basis, as rounding requires. Returns (residual, exhausted); run.beta is its norm (0 if so)."""
+    vector = vectors[len(vectors) - 1]
+    residual = operator(vector)
+    alpha = inner_products(vector[None], residual).item()
+    residual.add_(vector, alpha=-alpha)  # the three-term recurrence (after a restart, the arrowhead's couplings) ...
+    for i in run.projection[-1, :-1].nonzero().flatten().tolist():
+        residual.add_(vectors[i], alpha=-run.projection[-1, i].item())
+    beta = vectors.orthogonalise(residual)  # ... then against the whole basis
+    run.projection[-1, -1] = alpha
+    exhausted = beta <= 100 * torch.finfo(residual.dtype).eps * max(run.projection.abs().max().item(), 1e-30)
+    run.beta, run.steps = 0.0 if exhausted else beta, run.steps + 1
+    if not run.restarts:
+        run.alphas.append(alpha)
+        run.betas.append(run.beta)
+    return residual, exhausted
+
+
+def extend(run, vectors, residual, coupling, generator, exhausted):
+    """Append the next basis vector, the normalised residual, coupled to the basis by `coupling` (None: by beta to the
+    last vector), or, when the Krylov space is exhausted, a fresh one that starts a new block."""
+    m = len(vectors)
+    if coupling is None:
+        coupling = torch.zeros(m, dtype=torch.float64)
+        coupling[-1] = run.beta
+    if exhausted:
+        coupling, run.block = torch.zeros(m, dtype=torch.float64), m
+        residual = fresh_vector(vectors, generator)
+    else:
+        residual /= run.beta
+    vectors.append(residual)
+    projection = torch.zeros(m + 1, m + 1, dtype=torch.float64)
+    projection[:m, :m], projection[m, :m], projection[:m, m] = run.projection, coupling, coupling
+    run.projection = projection
+
+
+def restart(run, vectors, *, k, shifts):
+    """Thick restart: the basis becomes the `kept` Ritz vectors Y = V S, T their values, diag(theta); then
+    H Y = Y diag(theta) + beta v s_m^T, so the residual v (the next vector) is coupled to y_i by beta s_{m,i}, which
+    `extend` puts in T's new row (the arrowhead). Returns those couplings."""
+    values, pairs, _, current = ritz_pairs(run)
+    keep = kept(values, current, k=k, shifts=shifts, room=vectors.capacity // 2)
+    keep = keep[current[keep].int().argsort(stable=True)]  # the invariant part first: T stays block diagonal
+    vectors.rotate(pairs[:, keep])
+    run.projection, run.block = torch.diag(values[keep]), int((~current[keep]).sum())
+    run.restarts += 1
+    return run.beta * pairs[-1, keep]
+
+
+def kept(values, current, *, k, shifts, room):
+    """Indices of the Ritz vectors (of ascending `values`) that a thick restart keeps: for each shift, the k of
+    largest magnitude of values + shift and the `frontier` at both ends, so that the whole run from each end to its
+    frontier is kept and the frontier, which `certified` watches, keeps its progress; then, up to `room` in all, the
+    next k by magnitude, which speed the convergence there, and the k at each end (our panels)."""
+    required = []
+    for shift in shifts:
+        wanted = by_magnitude(values + shift, k)
+        required += wanted.tolist() + frontier(current, wanted).tolist()
+    wished = torch.cat([by_magnitude(values + shift, 2 * k) for shift in shifts]
+                       + [torch.arange(len(values))[:k], torch.arange(len(values)).flip(0)[:k]]).tolist()
+    required = list(dict.fromkeys(required))
+    return torch.tensor(list(dict.fromkeys(required + wished))[:max(len(required), room)])
 
 
 def random_unit_vector(dim, generator, device, dtype):
-    signs = torch.randint(0, 2, (dim,), generator=generator).to(device, dtype) * 2 - 1
-    return signs / dim ** 0.5
+    signs = torch.randint(0, 2, (dim,), generator=generator, dtype=torch.int8)  # int64's draws, an eighth the bytes
+    return signs.to(device, dtype).mul_(2).sub_(1).div_(dim ** 0.5)
 
 
-def fresh_vector(basis, generator):
-    """A random unit vector orthogonal to `basis`, to continue in the orthogonal complement of an invariant
-    subspace; drawn again while it lies (numerically) in the span, as a Rademacher vector can exactly."""
+def fresh_vector(vectors, generator):
+    """A random unit vector orthogonal to the basis `vectors`, to continue in the orthogonal complement of an
+    invariant subspace; drawn again while it lies (numerically) in the span, as a Rademacher vector can exactly."""
     norm = 0.0
-    while norm <= torch.finfo(basis.dtype).eps ** 0.5:
-        vector = random_unit_vector(basis.shape[1], generator, basis.device, basis.dtype)
-        norm = orthogonalise(vector, basis)
+    while norm <= torch.finfo(vectors.dtype).eps ** 0.5:
+        vector = random_unit_vector(vectors.dim, generator, vectors.device, vectors.dtype)
+        norm = vectors.orthogonalise(vector)
     return vector / norm
 
 
-def orthogonalise(vector, basis):
-    """Remove from `vector`, in place, its components along the orthonormal rows of `basis`; return its new norm.
+def memory(parameters, *, basis=BASIS, dtype=torch.float32):
+    """Bytes of the vectors a Lanczos run on `parameters` numbers holds at most: (min(basis, parameters) + WORK) x
+    parameters x bytes per number of `dtype`, e.g. (64 + 2) x 23.7M (ResNet-50) x 4 B = 6.3 GB in float32, and
+    (64 + 2) x 5.4M (ViT-Ti) x 4 B = 1.4 GB. The graph of the gradient that every product differentiates comes on
+    top (a few times the model's activations for the batch); so does the model."""
+    return (min(basis, parameters) + WORK) * parameters * torch.empty(0, dtype=dtype).element_size()
 
-    One classical Gram-Schmidt pass (two matrix-vector products), and a second only when the first removed most
-    of the vector (norm below 1/sqrt(2) of what it was): then what rounding left of the first pass is no longer
-    small against the remainder ("twice is enough", Kahan and Parlett).
+
+def ritz_pairs(run):
+    """(Ritz values ascending, T's eigenvectors as columns, residual bounds, whether each is in the current block).
+
+    Part by part: the rows before `run.block` span an invariant subspace (bound 0); in the current block the bound
+    of theta_i is |beta s_{m,i}|, the norm of H y_i - theta_i y_i for its Ritz vector y_i.
     """
-    before = torch.linalg.vector_norm(vector).item()
-    for _ in range(2):
-        vector.addmv_(basis.T, basis @ vector, alpha=-1)
-        after = torch.linalg.vector_norm(vector).item()
-        if after > before / 2 ** 0.5:
-            break
-        before = after
-    return after
+    invariant, current = run.projection[:run.block, :run.block], run.projection[run.block:, run.block:]
+    (old_values, old_vectors), (values, vectors) = torch.linalg.eigh(invariant), torch.linalg.eigh(current)
+    values, vectors = torch.cat([old_values, values]), torch.block_diag(old_vectors, vectors)
+    bounds, in_current = (run.beta * vectors[-1]).abs(), torch.arange(len(values)) >= run.block
+    order = values.argsort(stable=True)
+    return values[order], vectors[:, order], bounds[order], in_current[order]
 
 
-def ritz(alphas, betas):
-    """(Ritz values ascending, SLQ weights, residual bounds) of the Lanczos coefficients.
+def ritz(run, shift=0.0):
+    """(Ritz values ascending, residual bounds) of a `Krylov` run, for the operator + `shift` I."""
+    values, _, bounds, _ = ritz_pairs(run)
+    return values + shift, bounds
 
-    The values are T_m's eigenvalues theta_i; the weights the squared first components of its eigenvectors s_i;
-    the bound of theta_i is |beta_m s_{m,i}|, the norm of H y_i - theta_i y_i for its Ritz vector y_i, so some
-    eigenvalue of H lies within it of theta_i.
-    """
+
+def quadrature(run, shift=0.0):
+    """SLQ nodes (ascending) and weights of the run's start vector, for the operator + `shift` I: the eigenvalues of
+    the tridiagonal of the steps before the first thick restart (which drops the start vector from the basis), and
+    the squared first components of their eigenvectors; with m nodes, exact for polynomials of degree up to 2m - 1."""
+    alphas, betas = (torch.tensor(values, dtype=torch.float64) for values in (run.alphas, run.betas))
     tridiagonal = torch.diag(alphas) + torch.diag(betas[:-1], 1) + torch.diag(betas[:-1], -1)
-    values, vectors = torch.linalg.eigh(tridiagonal)
-    return values, vectors[0] ** 2, (betas[-1] * vectors[-1]).abs()
+    nodes, vectors = torch.linalg.eigh(tridiagonal)
+    return nodes + shift, vectors[0] ** 2
 
 
 def by_magnitude(values, k):
@@ -171,28 +354,34 @@ def by_magnitude(values, k):
     return values.abs().argsort(descending=True, stable=True)[:k]
 
 
-def certified(alphas, betas, *, k=K, tol=TOL):
-    """Whether the k Ritz values of largest magnitude are certified: each one's bound is at most `tol` times its
-    magnitude, and neither end of the current Krylov block (the part after the last restart) holds an
-    uncertified Ritz value whose interval theta +- bound reaches the k-th magnitude, as an end still moving
-    outwards to an eigenvalue of larger magnitude would.
+def certified(run, *, shift=0.0, k=K, tol=TOL):
+    """Whether the k Ritz values of largest magnitude of the operator + `shift` I are certified: each one's bound is
+    at most `tol` times its magnitude, and at neither end of the current Krylov block (the part after the last
+    exhausted space) is the `frontier`, the outermost Ritz value not wanted, an uncertified one whose interval
+    theta +- bound reaches the k-th magnitude, as one still moving outwards to an eigenvalue of larger magnitude
+    would. A thick restart keeps everything up to the frontier (`kept`), so by Cauchy interlacing the frontier
+    moves outwards across restarts as within a run.
 
     Like every single-vector Krylov method this cannot see an eigenvalue whose eigenvector is orthogonal to the
     Krylov space, nor the second copy of a multiple one before that space is exhausted.
     """
-    alphas, betas = torch.as_tensor(alphas, dtype=torch.float64), torch.as_tensor(betas, dtype=torch.float64)
-    values, _, bounds = ritz(alphas, betas)
+    values, _, bounds, current = ritz_pairs(run)
+    values = values + shift
     wanted = by_magnitude(values, k)
     if len(wanted) < k or (bounds[wanted] > tol * values[wanted].abs()).any():
         return False
-    smallest_wanted = values[wanted].abs().min()
-    restarts = (betas[:-1] == 0).nonzero()
-    if len(restarts):
-        block = restarts[-1].item() + 1
-        values, _, bounds = ritz(alphas[block:], betas[block:])
-    ends, end_bounds = values[[0, -1]], bounds[[0, -1]]
-    reaching = (end_bounds > tol * ends.abs()) & (ends.abs() + end_bounds >= smallest_wanted)
+    front = frontier(current, wanted)
+    reaching = (bounds[front] > tol * values[front].abs()) & (
+        values[front].abs() + bounds[front] >= values[wanted].abs().min())
     return not reaching.any()
+
+
+def frontier(current, wanted):
+    """Indices of the outermost Ritz values (ascending) of the current block at each end that are not `wanted`: the
+    next candidates of that end. The wanted, the k of largest magnitude, lie outside them at both ends."""
+    candidates = current.clone()
+    candidates[wanted] = False
+    return candidates.nonzero().flatten()[[0, -1]] if candidates.any() else wanted[:0]
 
 
 @dataclass
@@ -203,39 +392,92 @@ class Spectrum:
     top_bounds: torch.Tensor    # ... and their bounds
     bottom: torch.Tensor        # the k smallest (most negative) eigenvalues, smallest first, ...
     bottom_bounds: torch.Tensor  # ... and their bounds
-    nodes: torch.Tensor         # SLQ nodes: all Ritz values, ascending
+    nodes: torch.Tensor         # SLQ nodes, ascending: the Ritz values of the steps before any restart (`quadrature`)
     weights: torch.Tensor       # SLQ weights (sum to one)
     steps: int                  # Lanczos steps, i.e. Hessian-vector products
+    restarts: int               # thick restarts (each when the basis was full)
     max_bound: float            # the largest bound of `magnitude` relative to its value
     converged: bool             # `certified`: every value of `magnitude` is within tol of an eigenvalue
     loss: float                 # the loss whose Hessian this is
 
     @classmethod
-    def of(cls, alphas, betas, *, k=K, tol=TOL, loss=float("nan")):
-        """The spectrum that Lanczos coefficients give (see `lanczos`)."""
-        nodes, weights, bounds = ritz(alphas, betas)
-        wanted, top, bottom = by_magnitude(nodes, k), nodes.argsort(descending=True)[:k], nodes.argsort()[:k]
-        return cls(magnitude=nodes[wanted], bounds=bounds[wanted], top=nodes[top], top_bounds=bounds[top],
-                   bottom=nodes[bottom], bottom_bounds=bounds[bottom], nodes=nodes, weights=weights,
-                   steps=len(alphas), max_bound=(bounds[wanted] / nodes[wanted].abs()).max().item(),
-                   converged=certified(alphas, betas, k=k, tol=tol), loss=loss)
+    def of(cls, run, *, shift=0.0, k=K, tol=TOL, loss=float("nan")):
+        """The spectrum of the operator + `shift` I that a `Krylov` run gives (see `lanczos`)."""
+        values, bounds = ritz(run, shift)
+        nodes, weights = quadrature(run, shift)
+        wanted, top, bottom = by_magnitude(values, k), values.argsort(descending=True)[:k], values.argsort()[:k]
+        return cls(magnitude=values[wanted], bounds=bounds[wanted], top=values[top], top_bounds=bounds[top],
+                   bottom=values[bottom], bottom_bounds=bounds[bottom], nodes=nodes, weights=weights,
+                   steps=run.steps, restarts=run.restarts,
+                   max_bound=(bounds[wanted] / values[wanted].abs()).max().item(),
+                   converged=certified(run, shift=shift, k=k, tol=tol), loss=loss)
 
 
-def eigenvalues(model, inputs, targets, *, k=K, tol=TOL, max_steps=MAX_STEPS, weight_decay=STRONG.weight_decay,
-                convention="squared", dtype=torch.float32, generator=None):
-    """The `Spectrum` of the Hessian of one mini-batch's loss (see the module docstring) by one Lanczos run that
-    stops once each of the k Ritz values of largest magnitude has an exact eigenvalue within `tol` times its
-    magnitude, or after `max_steps` with `converged` False. The basis holds max_steps x parameters numbers of
-    `dtype`: 12.1 GB for ResNet-50 (23.7M parameters) in float32 at the default 128 steps."""
+def eigenvalues(model, inputs, targets, *, weight_decay=STRONG.weight_decay, convention="squared", k=K, tol=TOL,
+                max_steps=MAX_STEPS, basis=BASIS, dtype=torch.float32, generator=None):
+    """The `Spectrum` of the Hessian of one mini-batch's loss NLL + `weight_decay` x L2 (`losses_eigenvalues` of
+    that one loss)."""
+    return losses_eigenvalues(model, inputs, targets, weight_decays=[weight_decay], convention=convention, k=k,
+                              tol=tol, max_steps=max_steps, basis=basis, dtype=dtype, generator=generator)[0]
+
+
+def losses_eigenvalues(model, inputs, targets, *, weight_decays=(0.0, STRONG.weight_decay), convention="squared",
+                       k=K, tol=TOL, max_steps=MAX_STEPS, basis=BASIS, dtype=torch.float32, generator=None):
+    """One `Spectrum` per loss NLL + wd x L2 of `weight_decays` (see the module docstring), on one mini-batch, each
+    stopped once its own k Ritz values of largest magnitude have an exact eigenvalue within `tol` times their
+    magnitude, or after `max_steps` with `converged` False.
+
+    Under "squared" the Hessian of NLL + L2 is NLL's plus wd I: the same Krylov space, T + wd I, the same bounds.
+    So ONE Lanczos run on NLL's Hessian serves every loss, continued until each loss's own top-k by magnitude (which
+    the shift can change) is certified. "norm_sum" is no shift: one run per loss, each from the same start vector.
+    Memory: `memory(parameters, basis=basis, dtype=dtype)`, e.g. 6.3 GB for ResNet-50 in float32 at basis 64.
+    """
     if max_steps < k:
         raise ValueError(f"max_steps={max_steps} Lanczos steps cannot give k={k} eigenvalues; use max_steps >= k")
+    shared = convention == "squared"
+    if basis < smallest_basis(k, len(weight_decays) if shared else 1):
+        raise ValueError(too_small(basis, k, len(weight_decays) if shared else 1))
+    start = generator.get_state() if generator is not None else None
+    options = dict(k=k, tol=tol, max_steps=max_steps, basis=basis, dtype=dtype, generator=generator)
+    if shared:
+        return one_run(model, inputs, targets, weight_decays, convention, options)
+    spectra = []
+    for weight_decay in weight_decays:
+        if start is not None:
+            generator.set_state(start)  # every loss's run from the same start vector, as in a run of its own
+        spectra += one_run(model, inputs, targets, [weight_decay], convention, options)
+    return spectra
+
+
+def one_run(model, inputs, targets, weight_decays, convention, options):
+    """The spectra of one Lanczos run: on the Hessian of NLL with each squared weight decay as a shift, or on the
+    Hessian of the one loss NLL + wd x L2 of `weight_decays`."""
+    shifts = weight_decays if convention == "squared" else [0.0]
+    penalty = 0.0 if convention == "squared" else weight_decays[0]
     device = next(model.parameters()).device
     with evaluating(model), math_attention():
-        operator = HessianOperator(model, inputs.to(device), targets.to(device), weight_decay=weight_decay,
-                                   convention=convention, dtype=dtype)
-        alphas, betas = lanczos(operator, operator.dim, k=k, tol=tol, max_steps=max_steps, generator=generator,
-                                device=device, dtype=dtype)
-    return Spectrum.of(alphas, betas, k=k, tol=tol, loss=operator.loss.item())
+        operator = HessianOperator(model, inputs.to(device), targets.to(device), weight_decay=penalty,
+                                   convention=convention, dtype=options["dtype"])
+        run = lanczos(operator, operator.dim, shifts=shifts, device=device, **options)
+        with torch.no_grad():  # the shifts' penalties (wd/2)|w|^2; a loss of its own has its penalty inside
+            losses = [operator.loss.item() + l2_penalty(operator.parameters, shift).item() for shift in shifts]
+    return [Spectrum.of(run, shift=shift, k=options["k"], tol=options["tol"], loss=value)
+            for shift, value in zip(shifts, losses)]
+
+
+def memory_plan(config):
+    """Per model of `config`, before any is loaded: its trainable parameters and the bytes its Lanczos runs hold
+    (`memory`), each model built on the meta device (shapes, no numbers)."""
+    config = config.resolved()
+    dtype = torch.float64 if config.float64 else torch.float32
+    rows = []
+    for name in config.models:
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in models.create(name).parameters() if p.requires_grad)
+        rows.append({"model": name, "parameters": parameters, "basis": min(config.basis, parameters),
+                     "dtype": str(dtype).removeprefix("torch."),
+                     "memory_GB": round(memory(parameters, basis=config.basis, dtype=dtype) / 1e9, 2)})
+    return pd.DataFrame(rows)
 
 
 def spectral_density(nodes, weights, grid, *, sigma):
@@ -273,38 +515,53 @@ def augmented_batch(dataset, indices, *, mixup_fn=None, seed=0):
 
 
 def spectrum_row(spectrum):
-    """One batch's stored row (without its unit key): the paper's statistic with its bounds, our extra panels'
-    eigenvalues, the convergence, the SLQ nodes and weights."""
+    """One batch's stored row of one loss (without its unit key): the paper's statistic with its bounds, our extra
+    panels' eigenvalues, the convergence and restarts, the SLQ nodes and weights."""
     return {"loss": spectrum.loss, "magnitude": spectrum.magnitude.tolist(), "bounds": spectrum.bounds.tolist(),
             "top": spectrum.top.tolist(), "bottom": spectrum.bottom.tolist(), "steps": spectrum.steps,
-            "max_bound": spectrum.max_bound, "converged": spectrum.converged,
+            "restarts": spectrum.restarts, "max_bound": spectrum.max_bound, "converged": spectrum.converged,
             "max_bound_top": (spectrum.top_bounds / spectrum.top.abs()).max().item(),
             "max_bound_bottom": (spectrum.bottom_bounds / spectrum.bottom.abs()).max().item(),
             "nodes": spectrum.nodes.tolist(), "weights": spectrum.weights.tolist()}
 
 
 def spectra(model, dataset, table, *, weight_decays=(0.0, STRONG.weight_decay), batch_size=BATCH_SIZE,
-            fraction=FRACTION, k=K, tol=TOL, max_steps=MAX_STEPS, convention="squared", mixup_fn=None,
+            fraction=FRACTION, k=K, tol=TOL, max_steps=MAX_STEPS, basis=BASIS, convention="squared", mixup_fn=None,
             dtype=torch.float32, seed=0, progress=True):
     """Eigenvalues of every mini-batch for each loss NLL + wd x L2 of `weight_decays`, one row per (weight decay,
     batch) in `table` (a `helpers.sweep.Table` keyed by weight_decay and batch; see `spectrum_row`). Finished
     units are skipped on rerun, and under `torchrun` each rank takes its share; returns the rows of these units.
+
+    Under "squared" a batch's losses share one Lanczos run (`losses_eigenvalues`): the batch is the unit of work
+    (a rank takes whole batches), and a batch with any loss unfinished is run for all of them. So a loss's row
+    depends on the other losses of the definition, within the certified bounds (and in its step count).
 
     `dataset` carries the training transform (e.g. `STRONG.train_transform()`); `mixup_fn` e.g.
     `STRONG.mixup_fn(100)`. Batch b's images, augmentation and Lanczos start depend only on (`seed`, b).
     """
     batches = batch_indices(dataset, batch_size=batch_size, fraction=fraction, seed=seed)
     units = [{"weight_decay": wd, "batch": b} for wd in weight_decays for b in range(len(batches))]
+    shared = convention == "squared"
+    work = [[unit for unit in units if unit["batch"] == b] for b in range(len(batches))] if shared else [
+        [unit] for unit in units]  # the units of one Lanczos run
+    done, rows = table.done(), {}
+    todo = [unit for group in work[table.rank.rank::table.rank.world_size] for unit in group
+            if table.unit_key(unit) not in done]
 
     def compute(unit):
-        b = unit["batch"]
-        inputs, targets = augmented_batch(dataset, batches[b], mixup_fn=mixup_fn, seed=seed * 100_003 + b)
-        spectrum = eigenvalues(model, inputs, targets, k=k, tol=tol, max_steps=max_steps,
-                               weight_decay=unit["weight_decay"], convention=convention, dtype=dtype,
-                               generator=torch.Generator().manual_seed(seed * 100_003 + b))
-        return {**unit, **spectrum_row(spectrum)}
+        if table.unit_key(unit) not in rows:  # the first unit of its run: every loss of the run at once
+            b = unit["batch"]
+            losses = weight_decays if shared else [unit["weight_decay"]]
+            inputs, targets = augmented_batch(dataset, batches[b], mixup_fn=mixup_fn, seed=seed * 100_003 + b)
+            found = losses_eigenvalues(model, inputs, targets, weight_decays=losses, convention=convention, k=k,
+                                       tol=tol, max_steps=max_steps, basis=basis, dtype=dtype,
+                                       generator=torch.Generator().manual_seed(seed * 100_003 + b))
+            for wd, spectrum in zip(losses, found):
+                key = {"weight_decay": wd, "batch": b}
+                rows[table.unit_key(key)] = {**key, **spectrum_row(spectrum)}
+        return rows.pop(table.unit_key(unit))
 
-    fill(table, units, compute, desc=f"Hessian {table.folder.name}", progress=progress)
+    fill(table, units, compute, todo=todo, desc=f"Hessian {table.folder.name}", progress=progress)
     return table.frame(units)
 
 
@@ -326,8 +583,9 @@ class Config(Pretrained):
                      smoke=2, check=positive)
     tol: float = setting(TOL, "a Ritz value is certified when its residual bound is at most tol x its magnitude",
                          check=lambda t: None if t > 0 else "must be positive")
-    max_steps: int = setting(MAX_STEPS, "Lanczos steps at most (memory: max_steps x parameters numbers)", smoke=4,
-                             check=positive)
+    max_steps: int = setting(MAX_STEPS, "Lanczos steps (Hessian-vector products) at most", smoke=4, check=positive)
+    basis: int = setting(BASIS, "Lanczos vectors held at most, thick restart beyond (memory: about (basis + 2) x "
+                         "parameters numbers, see hessian.memory)", check=positive)
     float64: bool = setting(False, "Lanczos in float64 (twice the memory)")
     seed: int = setting(0, "draws the mini-batches, their augmentation and the Lanczos starts")
 
@@ -335,6 +593,9 @@ class Config(Pretrained):
         super().__post_init__()
         if self.max_steps < self.k:
             raise ValueError(f"max_steps={self.max_steps}: Lanczos needs at least k={self.k} steps for k eigenvalues")
+        losses = len(self.weight_decays) if self.convention == "squared" else 1  # squared: one run for all losses
+        if self.basis < smallest_basis(self.k, losses):
+            raise ValueError(too_small(self.basis, self.k, losses))
 
 
 def run(config, *, progress=True):
@@ -350,7 +611,7 @@ def run(config, *, progress=True):
         table = experiment.table(config, "hessian", name, ("weight_decay", "batch"), data=data.fingerprint(dataset),
                                  weights=experiment.weights_digest(model))
         spectra(model, dataset, table, weight_decays=config.weight_decays, batch_size=config.batch_size,
-                fraction=config.fraction, k=config.k, tol=config.tol, max_steps=config.max_steps,
+                fraction=config.fraction, k=config.k, tol=config.tol, max_steps=config.max_steps, basis=config.basis,
                 convention=config.convention, mixup_fn=STRONG.mixup_fn(data.NUM_CLASSES["cifar100"]),
                 dtype=torch.float64 if config.float64 else torch.float32, seed=config.seed, progress=progress)
         outcomes.append(experiment.Outcome(name, table, units))
