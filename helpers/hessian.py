@@ -39,7 +39,7 @@ import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from helpers import data, experiment, models
+from helpers import data, experiment
 from helpers.common import evaluating, pick_device, seeded
 from helpers.experiment import Pretrained, positive, setting
 from helpers.losses import l2_penalty, nll
@@ -471,9 +471,9 @@ def memory_plan(config):
     config = config.resolved()
     dtype = torch.float64 if config.float64 else torch.float32
     rows = []
-    for name in config.models:
-        with torch.device("meta"):
-            parameters = sum(p.numel() for p in models.create(name).parameters() if p.requires_grad)
+    for name in config.names():
+        with torch.device("meta"):  # fresh weights: nothing downloaded
+            parameters = sum(p.numel() for p in config.spec(name).build(fresh=True).parameters() if p.requires_grad)
         rows.append({"model": name, "parameters": parameters, "basis": min(config.basis, parameters),
                      "dtype": str(dtype).removeprefix("torch."),
                      "memory_GB": round(memory(parameters, basis=config.basis, dtype=dtype) / 1e9, 2)})
@@ -571,7 +571,8 @@ def spectra(model, dataset, table, *, weight_decays=(0.0, STRONG.weight_decay), 
 class Config(Pretrained):
     """Fig. 1c and Fig. 4: Hessian eigenvalue spectra of every model, for each loss."""
     weight_decays: list[float] = setting([0.0, STRONG.weight_decay], "the losses, NLL + weight decay x L2 (0: NLL "
-                                         "alone); each is a panel", identity=False)
+                                         "alone); each is a panel (one Lanczos run serves them all, so they "
+                                         "are part of the definition)")
     convention: str = setting("squared", "L2: the textbook (wd/2)|w|^2, or the authors' landscape wd sum|w|",
                               choices=("squared", "norm_sum"))
     images: int | None = setting(None, "training images, the first of a seeded shuffle (None: all 50,000)", smoke=8,
@@ -603,13 +604,18 @@ def run(config, *, progress=True):
     one `experiment.Outcome` per model."""
     config = config.resolved()
     device, outcomes = pick_device(), []
-    dataset = data.training_set(config, STRONG.train_transform("cifar100"))
-    units = [{"weight_decay": wd, "batch": b} for wd in config.weight_decays for b in range(len(
-        batch_indices(dataset, batch_size=config.batch_size, fraction=config.fraction, seed=config.seed)))]
-    for name in config.models:
+    for name in config.names():
+        spec = config.spec(name)
+        if spec.imagenet:
+            raise ValueError(f"{spec.name} classifies ImageNet's 1,000 classes: the Hessian is of the CIFAR-100 "
+                             "training loss; give a CIFAR model (a registry name, timm:NAME or your own file).")
+        # the training images at this model's input size and normalisation
+        dataset = data.training_set(config, STRONG.train_transform("cifar100", spec), spec=spec)
+        units = [{"weight_decay": wd, "batch": b} for wd in config.weight_decays for b in range(len(
+            batch_indices(dataset, batch_size=config.batch_size, fraction=config.fraction, seed=config.seed)))]
         model = config.pretrained(name, device)
-        table = experiment.table(config, "hessian", name, ("weight_decay", "batch"), data=data.fingerprint(dataset),
-                                 weights=experiment.weights_digest(model))
+        table = experiment.table(config, "hessian", spec.slug, ("weight_decay", "batch"),
+                                 data=data.fingerprint(dataset), weights=experiment.weights_digest(model))
         spectra(model, dataset, table, weight_decays=config.weight_decays, batch_size=config.batch_size,
                 fraction=config.fraction, k=config.k, tol=config.tol, max_steps=config.max_steps, basis=config.basis,
                 convention=config.convention, mixup_fn=STRONG.mixup_fn(data.NUM_CLASSES["cifar100"]),

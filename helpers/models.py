@@ -167,7 +167,12 @@ class Spec:
             kw["pretrained"] = self.pretrained and not fresh
         if self.entry is not None and "sd" in kw and self.entry.family in ("vit", "pit", "swin"):
             kw["drop_path_rate"] = kw.pop("sd")  # one name for stochastic depth across families
-        model = self.builder(num_classes=self.num_classes, **kw)
+        try:
+            model = self.builder(num_classes=self.num_classes, **kw)
+        except TypeError as error:
+            if not self.keywords or "argument" not in str(error):
+                raise
+            raise SpecificationError(f"{self.text}: {error}; give only keywords its builder takes.") from error
         if not isinstance(model, torch.nn.Module):
             raise SpecificationError(f"{self.text} returned a {type(model).__name__}, not a torch.nn.Module.")
         model.spec = self

@@ -108,6 +108,8 @@ def test_a_file_without_the_function_or_without_the_file_or_with_other_outputs(m
         models.resolve(f"{tmp_path / 'missing.py'}:build")
     with pytest.raises(models.SpecificationError, match=r"returns \(2, 3600\).*\(batch, classes\) = \(2, 100\)"):
         models.create(f"{my_net}:flat")
+    with pytest.raises(models.SpecificationError, match="unexpected keyword argument 'img_size'; give only keywords"):
+        models.create("timm:convnext_atto(img_size=32)")  # a ConvNeXt takes any size, and no such keyword
 
 
 def test_a_checkpoint_of_another_architecture_names_the_first_mismatched_keys(tmp_path):
