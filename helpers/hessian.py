@@ -5,8 +5,8 @@ Mixup/CutMix, as the authors measured) and BatchNorm in eval mode, the loss is
 `nll(model(inputs), targets) + l2_penalty(parameters, weight_decay, convention)` over every trainable parameter.
 The paper's statistic (the authors' "Hessian max eigenvalue spectrum", their issue #12) is, per batch, the top-5
 eigenvalues as PyHessian's power iteration with deflation returns them: the 5 of largest MAGNITUDE, which may be
-negative, pooled over batches into one density. We get them by Lanczos (`helpers.lanczos`) with full reorthogonalisation on the
-Hessian-vector products, stopped once they are certified: each Ritz value theta_i of the projection T_m has the
+negative, pooled over batches into one density. We get them by Lanczos (`helpers.lanczos`) with full
+reorthogonalisation on the Hessian-vector products, stopped once they are certified: each Ritz value theta_i of the projection T_m has the
 residual bound |beta_m s_{m,i}|, an exact eigenvalue lies within it, and the run stops when every wanted bound
 is at most tol·|theta_i| and the next candidate inwards from each end cannot reach their magnitude
 (`certified`). The bound is for the operator as computed; float32 products add their own rounding, about 1e-6
