@@ -6,18 +6,17 @@ Mixup/CutMix, as the authors measured) and BatchNorm in eval mode, the loss is
 The paper's statistic (the authors' "Hessian max eigenvalue spectrum", their issue #12) is, per batch, the top-5
 eigenvalues as PyHessian's power iteration with deflation returns them: the 5 of largest MAGNITUDE, which may be
 negative, pooled over batches into one density. We get them by Lanczos (`helpers.lanczos`) with full
-reorthogonalisation on the Hessian-vector products, stopped once they are certified: each Ritz value theta_i of the projection T_m has the
-residual bound |beta_m s_{m,i}|, an exact eigenvalue lies within it, and the run stops when every wanted bound
-is at most tol·|theta_i| and the next candidate inwards from each end cannot reach their magnitude
-(`certified`). The bound is for the operator as computed; float32 products add their own rounding, about 1e-6
-relative on the tests' ViT, far below the default tol, and so do the float32 inner products over millions of
-parameters, summed pairwise (`inner_products`). Memory follows the steps: the basis grows as they are taken, up
-to `basis` vectors; a run that needs more restarts thick (Wu & Simon 2000: the wanted Ritz vectors and the
-residual go on, T becomes an arrowhead), so it holds (basis + 2) x parameters numbers at most (`memory`). The same
-run gives, as our extra panels, the k largest and the k smallest eigenvalues with their bounds (stopping does
-not wait for those), and the nodes and weights (first components squared of T's eigenvectors) of a stochastic
-Lanczos quadrature (SLQ) of the spectral density, one node per step before any restart; `spectral_density`
-broadens them with Gaussians.
+reorthogonalisation on the Hessian-vector products, stopped once they are certified: each Ritz value theta_i of the
+projection T_m has the residual bound |beta_m s_{m,i}|, an exact eigenvalue lies within it, and the run stops when
+every wanted bound is at most tol·|theta_i| and the next candidate inwards from each end cannot reach their
+magnitude (`certified`). The bound is for the operator as computed; float32 products add their own rounding, about
+1e-6 relative on the tests' ViT, far below the default tol, and so do the float32 inner products over millions of
+parameters, summed pairwise (`inner_products`). Memory follows the steps: the basis grows as they are taken, up to
+`basis` vectors; a run that needs more restarts thick (Wu & Simon 2000: the wanted Ritz vectors and the residual go
+on, T becomes an arrowhead), so it holds (basis + 2) x parameters numbers at most (`memory`). The same run gives, as
+our extra panels, the k largest and the k smallest eigenvalues with their bounds (stopping does not wait for those),
+and the nodes and weights (first components squared of T's eigenvectors) of a stochastic Lanczos quadrature (SLQ) of
+the spectral density, one node per step before any restart; `spectral_density` broadens them with Gaussians.
 
 L2 conventions (helpers.losses): "squared" is the textbook (wd/2)·‖w‖², whose Hessian is the NLL Hessian plus
 wd·I, so every eigenvalue shifts by wd. "norm_sum" is the authors' landscape convention wd·Σ‖w‖ (unsquared
