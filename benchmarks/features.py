@@ -10,7 +10,7 @@ rounds of (time / the same round's forward pass), each time the median over roun
 Any model specification works (`helpers.models`); the default adds two timm ImageNet models at their own 224 x 224
 input, a ViT and a ConvNeXt, with fresh weights (no download).
 
-    python benchmarks/features.py                     # CPU, 1 thread: ResNet-50, ViT-Ti, DeiT-Ti, ConvNeXt-Atto, batch 8
+    python benchmarks/features.py                      # CPU, 1 thread: ResNet-50, ViT-Ti, DeiT-Ti, ConvNeXt-Atto
     python benchmarks/features.py --device cuda --batch-size 256 --models resnet_50 alternet_50 vit_ti pit_ti swin_ti
 """
 import argparse
