@@ -4,36 +4,38 @@ Per batch, `MinibatchCKA.add` runs one forward pass per model, one float64 Gram 
 product for every pair of blocks; the baseline is the same forward passes (`Blocks.features`) with nothing else,
 timed in the same process on the same batches.
 
-    python benchmarks/cka.py                                   # CPU, ViT-Ti and ResNet-50, 3 batches of 16
+Any model specifications (`helpers.models`); each model gets synthetic images of its own input size.
+
+    python benchmarks/cka.py                                   # CPU, 1 thread: ViT-Ti and ResNet-50, 3 batches of 16
     python benchmarks/cka.py --device cuda --batch-size 256 --models vit_ti pit_ti swin_ti resnet_50 alternet_50
 """
 import argparse
 
 import torch
 
-from helpers import models
 from helpers.blocks import split
 from helpers.cka import MinibatchCKA
-from timing import timed
+from timing import add_device_options, device_of, model_of, parse_args, print_ratio, synthetic_batch, timed
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["vit_ti", "resnet_50"])
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--models", nargs="+", default=["vit_ti", "resnet_50"], help="model specifications")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (at least 4)")
     parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    add_device_options(parser)
+    args = parse_args(parser, models=["vit_ti", "resnet_18"], batch_size=4, batches=1)
+    device = device_of(args)
 
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    blocks = {name: split(models.create(name).eval().to(device)) for name in args.models}
-    batches = [torch.randn(args.batch_size, 3, 32, 32, device=device) for _ in range(args.batches)]
+    blocks = {name: split(model_of(name, device)) for name in args.models}
+    images = {name: synthetic_batch(b.model, args.batch_size * args.batches)[0].split(args.batch_size)
+              for name, b in blocks.items()}
+    batches = [dict(zip(images, batch)) for batch in zip(*images.values())]  # each model's images, at its input size
 
     @torch.no_grad()
     def forward_only(images):
-        for model in blocks.values():
-            model.features(images)
+        for name, model in blocks.items():
+            model.features(images[name])
 
     def warm_up():
         forward_only(batches[0])
@@ -51,7 +53,7 @@ def main():
           f"{grams} Gram matrices and {pairs} block pairs per batch")
     print(f"forward passes alone: {forward / args.batches * 1e3:.1f} ms/batch")
     print(f"CKA, all pairs:       {total / args.batches * 1e3:.1f} ms/batch")
-    print(f"ratio CKA / forward:  {total / forward:.2f}")
+    print_ratio("CKA / forward", total / forward)
 
 
 if __name__ == "__main__":

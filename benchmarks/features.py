@@ -7,7 +7,10 @@ spectrum) and `variance.variances` (maps plus one variance per block). The measu
 order, one of each per round, so that a change in machine load touches all alike; each ratio is the median over
 rounds of (time / the same round's forward pass), each time the median over rounds.
 
-    python benchmarks/features.py                                            # CPU, 1 thread: ResNet-50, ViT-Ti, batch 8
+Any model specification works (`helpers.models`); the default adds two timm ImageNet models at their own 224 x 224
+input, a ViT and a ConvNeXt, with fresh weights (no download).
+
+    python benchmarks/features.py                      # CPU, 1 thread: ResNet-50, ViT-Ti, DeiT-Ti, ConvNeXt-Atto
     python benchmarks/features.py --device cuda --batch-size 256 --models resnet_50 alternet_50 vit_ti pit_ti swin_ti
 """
 import argparse
@@ -15,9 +18,13 @@ import statistics
 
 import torch
 
-from helpers import fourier, models, variance
+from helpers import fourier, variance
 from helpers.blocks import split
-from timing import add_device_options, device_of, parse_args, timed
+from timing import add_device_options, device_of, model_of, parse_args, print_ratio, synthetic_batch, timed
+
+# issue 19: timm's own ViT and ConvNeXt at ImageNet size; at --smoke the smallest input each takes
+TIMM_MODELS = ["timm:deit_tiny_patch16_224", "timm:convnext_atto"]
+SMOKE_TIMM_MODELS = ["timm:deit_tiny_patch16_224(img_size=32)", "timm:convnext_atto"]
 
 
 def measurements(model):
@@ -30,13 +37,6 @@ def measurements(model):
         "spectra": lambda images: fourier.spectra(blocks, [images]),
         "variances": lambda images: variance.variances(blocks, [images]),
     }
-
-
-def model_and_images(name, batch_size, device):
-    """The model named `name` in eval mode and a batch of its input size: the one place that reads a model name."""
-    torch.manual_seed(0)
-    model = models.create(name).eval().to(device)
-    return model, torch.randn(batch_size, 3, 32, 32, device=device)
 
 
 @torch.no_grad()
@@ -60,23 +60,29 @@ def benchmark(model, images, *, repeats, warm_up):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet_50", "vit_ti"], help="names for helpers.models.create")
+    parser.add_argument("--models", nargs="+", default=["resnet_50", "vit_ti", *TIMM_MODELS],
+                        help="model specifications (helpers.models)")
     parser.add_argument("--batch-size", type=int, help="default: 8 on the CPU, 256 on a GPU")
     parser.add_argument("--repeats", type=int, default=10, help="rounds of alternating measurements")
     parser.add_argument("--warm-up", type=int, default=1, help="untimed rounds first")
     add_device_options(parser)
-    args = parse_args(parser, models=["resnet_18", "vit_ti"], batch_size=2, repeats=1, warm_up=0)
+    args = parse_args(parser, models=["resnet_18", "vit_ti", *SMOKE_TIMM_MODELS], batch_size=2, repeats=1, warm_up=0)
     device = device_of(args)
     batch_size = args.batch_size or (8 if device.type == "cpu" else 256)
 
     print(f"{batch_size} images on {device} ({torch.get_num_threads()} CPU threads), median of {args.repeats} "
           f"alternating rounds; goal for every measurement: ratio <= 1.1")
+    ratios, width = {}, max(map(len, args.models))
     for name in args.models:
-        model, images = model_and_images(name, batch_size, device)
+        model = model_of(name, device)
+        images, _ = synthetic_batch(model, batch_size)
         results = benchmark(model, images, repeats=args.repeats, warm_up=args.warm_up)
         forward = results.pop("forward")[0]
-        print(f"{name:<12} forward {forward * 1e3:8.1f} ms   " + "   ".join(
+        print(f"{name:<{width}} forward {forward * 1e3:8.1f} ms   " + "   ".join(
             f"{what} {seconds * 1e3:8.1f} ms ({ratio:.3f})" for what, (seconds, ratio) in results.items()))
+        ratios.update({f"{name} {what} / forward": ratio for what, (_, ratio) in results.items()})
+    for name, ratio in ratios.items():
+        print_ratio(name, ratio, "<= 1.1")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from helpers import data, landscape, models
+from helpers import data, landscape
 from helpers.recipes import STRONG
 from helpers.sweep import Table
-from timing import add_device_options, device_of, parse_args, timed
+from timing import add_device_options, device_of, model_of, parse_args, print_ratio, timed
 
 
 class TimedTable(Table):
@@ -42,17 +42,17 @@ def bare_pass(model, batches):
         model(images)
 
 
-def seconds_per_point(model, batches, directions, points):
+def seconds_per_point(model, batches, directions, points, exclude):
     """The mean time between consecutive rows of one `landscape` call over `points` (at least 2)."""
     with tempfile.TemporaryDirectory() as folder:
         table = TimedTable(folder)
-        landscape.landscape(model, batches, table, points, directions, progress=False)
+        landscape.landscape(model, batches, table, points, directions, exclude=exclude, progress=False)
         return (table.stored[-1] - table.stored[0]) / (len(points) - 1)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet_18")
+    parser.add_argument("--model", default="resnet_18", help="a model specification (helpers.models)")
     parser.add_argument("--images", type=int, default=64, help="images per grid point")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--points", type=int, default=4, help="grid points per sweep (at least 2)")
@@ -61,14 +61,14 @@ def main():
     args = parse_args(parser, images=8, batch_size=4, points=2, repeats=1)
     device = device_of(args)
 
-    torch.manual_seed(0)
-    model = models.create(args.model).to(device).eval()
-    batches = landscape.augmented_batches(data.synthetic(args.images), batch_size=args.batch_size,
+    model = model_of(args.model, device)
+    batches = landscape.augmented_batches(data.synthetic(args.images, spec=model.spec), batch_size=args.batch_size,
                                           mixup=STRONG.mixup_fn(100), device=device, progress=False)
-    directions = landscape.random_directions(model)
+    exclude = landscape.excluded_parameters(model)  # as `landscape.run` does
+    directions = landscape.random_directions(model, exclude=exclude)
     points = landscape.grid_points(21)[:max(args.points, 2)]
     measurements = {"bare": lambda: timed(bare_pass, device, model, batches),
-                    "grid": lambda: seconds_per_point(model, batches, directions, points)}
+                    "grid": lambda: seconds_per_point(model, batches, directions, points, exclude)}
     for measure in measurements.values():  # warm-up
         measure()
     times = {name: [] for name in measurements}
@@ -79,8 +79,8 @@ def main():
     ratio = statistics.median(g / b for g, b in zip(grid, bare))
     print(f"{args.model}, {args.images} images in batches of {args.batch_size} on {device} "
           f"({torch.get_num_threads()} CPU threads), median of {args.repeats} rounds: bare eval pass "
-          f"{statistics.median(bare) * 1e3:.1f} ms, grid point {statistics.median(grid) * 1e3:.1f} ms, "
-          f"ratio {ratio:.3f} (goal <= 1.05)")
+          f"{statistics.median(bare) * 1e3:.1f} ms, grid point {statistics.median(grid) * 1e3:.1f} ms")
+    print_ratio(f"{args.model} grid point / eval pass, {args.images} images", ratio, "<= 1.05")
 
 
 if __name__ == "__main__":

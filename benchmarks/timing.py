@@ -1,9 +1,15 @@
-"""Wall-clock timing shared by the benchmark scripts (run as `python benchmarks/NAME.py`, so this imports as `timing`)."""
+"""What the benchmark scripts share (run as `python benchmarks/NAME.py`, so this imports as `timing`): wall-clock
+timing, the device options, `--smoke`, the model and images of a specification, and the ratio lines they end with.
+
+Every script ends by printing one line per ratio it measured (`print_ratio`), which `benchmarks/all.py` collects into
+one table.
+"""
 import time
 
 import torch
 
 import helpers
+from helpers import data, models
 
 
 def synchronize(device):
@@ -47,3 +53,24 @@ def parse_args(parser, **smoke):
     if args.smoke:
         vars(args).update(smoke)
     return args
+
+
+def model_of(text, device):
+    """The model a specification names (`helpers.models`), with fresh seeded weights, in eval mode on `device`: the
+    one place that reads a name."""
+    torch.manual_seed(0)
+    return models.resolve(text).build().eval().to(device)
+
+
+def synthetic_batch(model, n, *, seed=0):
+    """`n` synthetic (images, labels) of the input size and normalisation of `model` (from `model_of`), on its
+    device."""
+    device = next(model.parameters()).device
+    images, labels = data.synthetic(n, spec=model.spec, seed=seed).tensors
+    return images.to(device), labels.to(device)
+
+
+def print_ratio(name, value, goal=None):
+    """One of the lines a benchmark ends with, `ratio NAME: VALUE`, then its goal where it states one, e.g. "<= 1.1":
+    `ratio resnet_50 spectra / forward: 1.032 (goal <= 1.1)` (the format of `RATIO_LINE` in `benchmarks/all.py`)."""
+    print(f"ratio {name}: {value:.3f}" + (f" (goal {goal})" if goal else ""), flush=True)

@@ -55,14 +55,14 @@ def log_amplitude_diagonal(x):
                          f"k cycles per {height} rows with k cycles per {width} columns.")
     # F(k, k) = sum over m, n of x[m, n] e^(-2πik(m + n)/H) is the DFT of the wrapped anti-diagonal sums
     # s[j] = sum over m + n = j (mod H) of x[m, n]: one pass over the map, then a DFT of length H per map
-    x = x.float()
-    doubled = torch.cat([x, x], dim=-1)  # B, C, H, 2H: x[m, (j - m) mod H] sits at column j - m + H
-    # a view that steps one row down and one column left per row, in whatever memory layout cat chose
-    batch_stride, channel_stride, row_stride, column_stride = doubled.stride()
-    skewed = doubled.as_strided((batch, channels, height, height),  # B, C, H, H: [m, j] is x[m, (j - m) mod H]
-                                (batch_stride, channel_stride, row_stride - column_stride, column_stride),
-                                doubled.storage_offset() + height * column_stride)
-    sums = skewed.sum(dim=-2)  # B, C, H
+    padded = x.new_empty(batch, channels, height, height + 1, dtype=torch.float32)  # B, C, H, H + 1
+    padded[..., height] = 0
+    padded[..., :height] = x
+    # rows of H + 1 read as rows of H: each row starts one column further left, so read row m holds x[m, j - m] at
+    # j >= m and, at j < m, the element of row m - 1 on the same wrapped anti-diagonal j (or the zero column); read
+    # row H holds row H - 1's wrapped elements. One copy of the map, not the two that concatenating it with itself
+    # takes: next to a forward pass on a CPU that copy is most of the statistic's cost (benchmarks/features.py)
+    sums = padded.view(batch, channels, height + 1, height).sum(dim=-2)  # B, C, H
     half = (torch.fft.rfft(sums).abs() + EPSILON).log().mean(dim=(0, 1))  # H//2 + 1: k = 0 to H//2
     return half[(torch.arange(height, device=half.device) - height // 2).abs()]  # a real map's |F(-k, -k)| is |F(k, k)|
 
