@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 # what timing.print_ratio writes; read here without importing timing (torch, timm), so this starts at once
-RATIO_LINE = re.compile(r"ratio (?P<name>.+): (?P<value>[0-9.]+|inf|nan)(?: \(goal (?P<goal>[<>]= [0-9.]+)\))?")
+# (and hessian.py's "ratio B / ours on the figure's workload: 2.7x (goal >= 2.5)", ">2.7x" a lower bound, "missing")
+RATIO_LINE = re.compile(r"ratio (?P<name>.+?): (?P<value>>?[0-9.]+|inf|nan|missing)x?"
+                        r"(?: \(goal (?P<goal>[<>]= [0-9.]+)\))?(?: .*)?")
 HERE = Path(__file__).resolve().parent
 SCRIPTS = sorted(path.stem for path in HERE.glob("*.py") if path.stem not in ("all", "timing"))
 GOALS = {"<=": operator.le, ">=": operator.ge}
@@ -44,11 +46,12 @@ def run(script, options):
 
 
 def met(value, goal):
-    """"yes" or "no" for a goal such as "<= 1.05"; "" without one."""
-    if not goal:
-        return ""
+    """"yes" or "no" for a goal such as "<= 1.05"; "" without one, "not run" for a missing baseline. A value ">2.7"
+    is a lower bound."""
+    if not goal or value == "missing":
+        return "not run" if value == "missing" else ""
     comparison, bound = goal.split()
-    return "yes" if GOALS[comparison](float(value), float(bound)) else "no"
+    return "yes" if GOALS[comparison](float(value.lstrip(">")), float(bound)) else "no"
 
 
 def table(results):
