@@ -96,6 +96,12 @@ class Similarity:
         table.insert(0, "block", self.names_a)
         return table
 
+    def best_matches(self):
+        """For each block of `a`, the block of `b` most similar to it: `block`, `kind`, `match`, `match_kind`, `cka`."""
+        values, index = self.cka.max(dim=1)
+        return pd.DataFrame({"block": self.names_a, "kind": self.kinds_a, "match": [self.names_b[i] for i in index],
+                             "match_kind": [self.kinds_b[i] for i in index], "cka": values.numpy()})
+
 
 class MinibatchCKA:
     """Sums of unbiased HSIC over batches, for every pair of blocks of every pair of `models` (a dict of name ->

@@ -31,6 +31,9 @@ rule over the blocks, not the names; `msa_models` (the names with MSA blocks) de
 specification. A label after a name ("vit_ti (authors)": the authors' published grid) keeps a model apart: only
 models with the same label are compared.
 
+Each model's own values, also those a pair's verdict compares, come from `measurements` (what `helpers.diagnosis`
+places a model by); `shown` is the verdict table as the figure notebooks end with it.
+
 `python -m helpers.claims [--results DIR]` judges every figure table saved in a results folder, says for each
 figure without one why, and writes the verdicts as `claims.csv` and `claims.md` in that folder.
 """
@@ -61,6 +64,7 @@ CLAIMS = {  # each verdict function's figure and the paper's claim, short
     "accuracy": ("Accuracy", "the official checkpoints reach the paper's accuracy"),
 }
 CLAIMED_SIGN = {"msa": -1, "conv": 1, "mlp": 1}  # Fig. 8 and Fig. 9: what an MSA lowers, a Conv or an MLP raises
+QUANTITIES = {"fourier": "Δ log amplitude at the highest frequency", "variance": "feature-map variance"}
 
 
 @dataclass
@@ -120,6 +124,10 @@ def block_changes(blocks, column):
     return pd.DataFrame({"kind": blocks["kind"][kept], "change": change[kept]})
 
 
+def kind_statistic(kind, quantity):
+    return f"share of {kind} blocks that {'lower' if CLAIMED_SIGN[kind] < 0 else 'raise'} the {quantity}"
+
+
 def kind_verdicts(claim, table, column, quantity, smoke):
     """Per model and kind of CLAIMED_SIGN (`msa` always, the others where present): holds when more than half of the
     kind's changes of `column` (`block_changes`) have the claimed sign; the comparison gives the mean change."""
@@ -133,8 +141,7 @@ def kind_verdicts(claim, table, column, quantity, smoke):
             if kind not in CLAIMED_SIGN:
                 continue
             sign, values = CLAIMED_SIGN[kind], changes.change[changes.kind == kind]
-            verb = "lower" if sign < 0 else "raise"
-            statistic = f"share of {kind} blocks that {verb} the {quantity}"
+            verb, statistic = "lower" if sign < 0 else "raise", kind_statistic(kind, quantity)
             if not len(values):
                 why = (f"every {kind} block of {name} subsamples" if kind in set(blocks["kind"])
                        else f"{name} has no block of kind {kind}")
@@ -156,7 +163,7 @@ def fourier(table, *, smoke=None):
     reason = problem(table, ("block", "kind", "delta_log_amplitude"))
     if reason:
         return verdicts([undecided("fourier", reason, smoke)])
-    return kind_verdicts("fourier", table, "delta_log_amplitude", "Δ log amplitude at the highest frequency", smoke)
+    return kind_verdicts("fourier", table, "delta_log_amplitude", QUANTITIES["fourier"], smoke)
 
 
 def variance(table, *, smoke=None):
@@ -166,7 +173,7 @@ def variance(table, *, smoke=None):
     reason = problem(table, ("block", "kind", "variance"))
     if reason:
         return verdicts([undecided("variance", reason, smoke)])
-    return kind_verdicts("variance", table, "variance", "feature-map variance", smoke)
+    return kind_verdicts("variance", table, "variance", QUANTITIES["variance"], smoke)
 
 
 # --- Fig. 1c / 4, Fig. 1a, Fig. 2b: a model with MSA blocks against one without ----------------------------------
@@ -200,14 +207,14 @@ def pairs(names, msa_models=None):
                    + ", ".join(f"{name}: {status[kinds[name]]}" for name in names))
 
 
-def compare(claim, names, statistics, counts, smoke, msa_models):
+def compare(claim, names, statistics, smoke, msa_models):
     """One verdict per pair of `names` (`pairs`) and statistic: `statistics` maps a statistic to ({name: value},
-    "smaller" or "larger": what the model with MSA blocks is claimed to have); `counts`: {name: n}."""
+    "smaller" or "larger": what the model with MSA blocks is claimed to have, {name: n})."""
     found, reason = pairs(names, msa_models)
     if not found:
         return [undecided(claim, reason, smoke, " ".join(names), statistic) for statistic in statistics]
     rows = []
-    for (a, b), (statistic, (values, claimed)) in itertools.product(found, statistics.items()):
+    for (a, b), (statistic, (values, claimed, counts)) in itertools.product(found, statistics.items()):
         x, y, pair = values.get(a, math.nan), values.get(b, math.nan), f"{a} vs {b}"
         if math.isnan(x) or math.isnan(y):
             rows.append(undecided(claim, f"no value for {a if math.isnan(x) else b}", smoke, pair, statistic))
@@ -229,23 +236,31 @@ def eigenvalues(table):
     return pooled[["model", "loss", "eigenvalue"]].dropna().astype({"eigenvalue": float})
 
 
+def hessian_statistics(table):
+    """{loss: {statistic: ({model: value}, claimed, {model: n})}}: per loss, each model's median |λ| of the top-k by
+    magnitude (claimed: smaller with MSAs) and share of negative ones (claimed: larger), over its converged batches."""
+    names, statistics = list(dict.fromkeys(table["model"])), {}
+    for loss, group in eigenvalues(table).groupby("loss", sort=False):
+        samples = {name: part["eigenvalue"].to_numpy() for name, part in group.groupby("model", sort=False)}
+        counts = {name: len(samples.get(name, [])) for name in names}
+        statistics[loss] = {f"median |λ| of the top-k by magnitude, {loss}":
+                            ({name: np.median(np.abs(v)) for name, v in samples.items()}, "smaller", counts),
+                            f"share of negative λ among the top-k by magnitude, {loss}":
+                            ({name: np.mean(v < 0) for name, v in samples.items()}, "larger", counts)}
+    return statistics
+
+
 def hessian(table, *, smoke=None, msa_models=None):
     """Fig. 1c / 4 from `hessian.results` (`model`, `weight_decay`, `magnitude` lists; only `converged` batches count)
     or from the pooled table the notebook saves (`loss`, `model`, `eigenvalue`). Per loss and per pair (`pairs`):
     holds when the median |λ| of the model with MSA blocks is smaller, and (a second row) when its share of negative
-    eigenvalues is larger. A model without a converged batch cannot be judged."""
+    eigenvalues is larger (`hessian_statistics`). A model without a converged batch cannot be judged."""
     reason = problem(table, ("model", "magnitude" if "magnitude" in table else "eigenvalue"))
     if reason:
         return verdicts([undecided("hessian", reason, smoke)])
-    names, values, rows = list(dict.fromkeys(table["model"])), eigenvalues(table), []
-    for loss, group in values.groupby("loss", sort=False):
-        samples = {name: part["eigenvalue"].to_numpy() for name, part in group.groupby("model", sort=False)}
-        statistics = {f"median |λ| of the top-k by magnitude, {loss}":
-                      ({name: np.median(np.abs(v)) for name, v in samples.items()}, "smaller"),
-                      f"share of negative λ among the top-k by magnitude, {loss}":
-                      ({name: np.mean(v < 0) for name, v in samples.items()}, "larger")}
-        rows += compare("hessian", names, statistics, {name: len(samples.get(name, [])) for name in names}, smoke,
-                        msa_models)
+    names, rows = list(dict.fromkeys(table["model"])), []
+    for statistics in hessian_statistics(table).values():
+        rows += compare("hessian", names, statistics, smoke, msa_models)
     return verdicts(rows or [undecided("hessian", "no converged batch", smoke, " ".join(names))])
 
 
@@ -257,6 +272,16 @@ def edge_rise(points):
     return ring - centre.iloc[0] if len(centre) else ring.iloc[:0]
 
 
+def landscape_statistics(table):
+    """{statistic: ({model: value}, "smaller", {model: n})}: each model's mean and max rise of the loss from the centre
+    to the edge ring (`edge_rise`), claimed smaller with MSAs; n: edge points."""
+    rises = {name: edge_rise(points) for name, points in by_model(table)}
+    counts = {name: len(rise) for name, rise in rises.items()}
+    return {f"{how} rise of NLL + L2 from the centre to the edge ring":
+            ({name: getattr(rise, how)() if len(rise) else math.nan for name, rise in rises.items()}, "smaller", counts)
+            for how in ("mean", "max")}
+
+
 def landscape(table, *, smoke=None, msa_models=None):
     """Fig. 1a from the landscapes (`model`, `x`, `y`, `loss` = NLL + L2: `landscape.read` per model, as the notebook
     saves them). Per pair (`pairs`): holds when the mean rise of the loss from the centre to the edge ring
@@ -264,28 +289,40 @@ def landscape(table, *, smoke=None, msa_models=None):
     reason = problem(table, ("model", "x", "y", "loss"))
     if reason:
         return verdicts([undecided("landscape", reason, smoke)])
-    rises = {name: edge_rise(points) for name, points in by_model(table)}
-    statistics = {"mean rise of NLL + L2 from the centre to the edge ring":
-                  ({name: rise.mean() if len(rise) else math.nan for name, rise in rises.items()}, "smaller"),
-                  "max rise of NLL + L2 from the centre to the edge ring":
-                  ({name: rise.max() if len(rise) else math.nan for name, rise in rises.items()}, "smaller")}
-    counts = {name: len(rise) for name, rise in rises.items()}
-    return verdicts(compare("landscape", list(rises), statistics, counts, smoke, msa_models))
+    statistics = landscape_statistics(table)
+    names = list(next(iter(statistics.values()))[2])  # the models, in order of appearance
+    return verdicts(compare("landscape", names, statistics, smoke, msa_models))
+
+
+def band_drops(table, low, high):
+    """{model: {band: its mean accuracy drop}} at the bands `low` and `high` (NaN where a band is not measured)."""
+    return {name: {f: rows["accuracy_drop"][np.isclose(rows["frequency"], f)].mean() for f in (low, high)}
+            for name, rows in by_model(table)}
+
+
+def robustness_statistics(table, *, low=0.1, high=0.9):
+    """{statistic: ({model: value}, claimed, {model: n})}: each model's accuracy drop at `high` minus at `low` (claimed:
+    negative with MSAs, positive without; n: 2 bands), and its drop at `high` (claimed: smaller with MSAs)."""
+    drops = band_drops(table, low, high)
+    return {f"accuracy drop at {high:g}π minus at {low:g}π":
+            ({name: d[high] - d[low] for name, d in drops.items()}, "negative with MSAs", dict.fromkeys(drops, 2)),
+            f"accuracy drop at {high:g}π": ({name: d[high] for name, d in drops.items()}, "smaller",
+                                             dict.fromkeys(drops, 1))}
 
 
 def robustness(table, *, smoke=None, msa_models=None, low=0.1, high=0.9):
     """Fig. 2b from `robustness.accuracy_drop` (`model`, `frequency` in units of π, `accuracy_drop`; one epsilon).
     Per model: the drop at `high` minus the drop at `low`; holds when it is negative for a model with MSA blocks (a
     low-pass filter shrugs off high frequencies) and positive for a model without. Per pair (`pairs`): holds when
-    the drop at `high` of the model with MSA blocks is smaller."""
+    the drop at `high` of the model with MSA blocks is smaller (`robustness_statistics`)."""
     reason = problem(table, ("model", "frequency", "accuracy_drop"))
     if reason:
         return verdicts([undecided("robustness", reason, smoke)])
-    drops = {name: {f: rows["accuracy_drop"][np.isclose(rows["frequency"], f)].mean() for f in (low, high)}
-             for name, rows in by_model(table)}
-    statistic, rows = f"accuracy drop at {high:g}π minus at {low:g}π", []
+    drops = band_drops(table, low, high)
+    (statistic, (slopes, _, _)), at_high = list(robustness_statistics(table, low=low, high=high).items())
+    rows = []
     for name, msa in with_msa(list(drops), msa_models).items():
-        slope = drops[name][high] - drops[name][low]
+        slope = slopes[name]
         if msa is None or math.isnan(slope):
             why = "unknown whether it has MSA blocks (pass msa_models)" if msa is None else "a band is not measured"
             rows.append(undecided("robustness", f"{name}: {why}", smoke, name, statistic))
@@ -294,8 +331,7 @@ def robustness(table, *, smoke=None, msa_models=None, low=0.1, high=0.9):
         comparison = f"{drops[name][high]:.4g} - {drops[name][low]:.4g} = {slope:+.4g} (claimed: {claimed})"
         rows.append(verdict("robustness", name, statistic, slope, comparison, bool(slope < 0 if msa else slope > 0),
                             2, smoke))
-    at_high = {f"accuracy drop at {high:g}π": ({name: d[high] for name, d in drops.items()}, "smaller")}
-    return verdicts(rows + compare("robustness", list(drops), at_high, {name: 1 for name in drops}, smoke, msa_models))
+    return verdicts(rows + compare("robustness", list(drops), dict([at_high]), smoke, msa_models))
 
 
 # --- Sec. 4 and the accuracy table ---------------------------------------------------------------------------------
@@ -349,6 +385,45 @@ def accuracy(table, *, smoke=None, tolerance=1.0, percent=True):
     return verdicts(rows)
 
 
+# --- each model's own numbers (diagnose.ipynb places a model between ResNet-50 and ViT-Ti by them) -----------------
+
+def paired_statistics(claim, table):
+    """{statistic: ({model: value}, claimed, {model: n})} of the statistics `claim` judges per pair, for every model."""
+    if claim == "hessian":
+        return {name: value for by_loss in hessian_statistics(table).values() for name, value in by_loss.items()}
+    if claim == "landscape":
+        return landscape_statistics(table)
+    if claim == "robustness":
+        return {name: value for name, value in robustness_statistics(table).items() if value[1] == "smaller"}
+    return {}
+
+
+def measurements(claim, table, *, msa_models=None):
+    """Each model's own value of every statistic of `claim` (a name of CLAIMS) on `table`: a table of `figure`,
+    `statistic`, `model`, `value` (NaN where the model has none, and `comparison` says why), `holds` (the model's
+    own verdict for a statistic judged per model; None for one judged per pair) and `comparison`, a row for every
+    statistic and model. A pair's verdict keeps only the value of its model with MSA blocks; here every model has
+    its own. Where no statistic can be computed, the reasons the verdicts give, as rows without statistic or model."""
+    options = {"msa_models": msa_models} if claim in ("hessian", "landscape", "robustness") else {}
+    judged = globals()[claim](table, **options)
+    names = list(dict.fromkeys(table["model"])) if "model" in table else ["model"]
+    found = {}  # statistic -> {model: row}
+    for row in judged[judged["models"].isin(names)].itertuples():
+        found.setdefault(row.statistic, {})[row.models] = (row.value, row.holds, row.comparison)
+    if len(table) and not (judged["models"] == "").all():
+        for statistic, (values, claimed, _) in paired_statistics(claim, table).items():
+            for name, value in values.items():
+                found.setdefault(statistic, {})[name] = (float(value), None, f"claimed: {claimed} with MSAs")
+    kinds = {kind_statistic(kind, QUANTITIES[claim]): kind for kind in CLAIMED_SIGN} if claim in QUANTITIES else {}
+    rows = [(statistic, name, *by_model.get(name, (math.nan, None, f"cannot decide: {name} has no block of kind "
+                                                   f"{kinds[statistic]}" if statistic in kinds
+                                                   else f"cannot decide: no value for {name}")))
+            for statistic, by_model in found.items() for name in names]
+    rows = rows or [("", "", math.nan, None, comparison) for comparison in dict.fromkeys(judged["comparison"])]
+    frame = pd.DataFrame(rows, columns=["statistic", "model", "value", "holds", "comparison"]).astype({"holds": object})
+    return frame.assign(figure=CLAIMS[claim][0])[["figure", *frame.columns]]
+
+
 # --- python -m helpers.claims: every saved figure table of a results folder --------------------------------------
 
 SAVED = (  # (figure table in the results folder, its verdict function, the notebook that saves it; None: optional)
@@ -363,6 +438,7 @@ SAVED = (  # (figure table in the results folder, its verdict function, the note
 )
 VERDICTS = {True: "holds", False: "fails", None: "cannot decide"}
 RUNS = {True: "smoke", False: "real", None: "unknown"}
+SMOKE_NOTE = "SMOKE RUN: fresh weights and synthetic data, so these verdicts mean nothing."
 
 
 def read_table(path):
@@ -393,16 +469,31 @@ def markdown(rows):
     return "\n".join(lines[:1] + ["|" + "|".join("-" * (w + 2) for w in widths) + "|"] + lines[1:])
 
 
-def report(table, absent, folder):
-    """The verdicts as Markdown: one row per verdict, then why each figure without a table was not judged."""
+def readable(table):
+    """The verdicts in words: figure, claim, verdict (holds, fails, cannot decide), models, statistic, comparison, n,
+    run (smoke, real, unknown) and, where `table` has it, the table they come from."""
     def key(value):
         return None if pd.isna(value) else bool(value)
-    shown = pd.DataFrame({"figure": table["figure"], "claim": table["claim"],
+    words = pd.DataFrame({"figure": table["figure"], "claim": table["claim"],
                           "verdict": [VERDICTS[key(h)] for h in table["holds"]], "models": table["models"],
-                          "statistic": table["statistic"], "comparison": table["comparison"],
-                          "run": [RUNS[key(s)] for s in table["smoke"]], "table": table["table"]})
+                          "statistic": table["statistic"], "comparison": table["comparison"], "n": table["n"],
+                          "run": [RUNS[key(s)] for s in table["smoke"]]})
+    return words.assign(table=table["table"]) if "table" in table else words
+
+
+def shown(table):
+    """Verdicts as a notebook shows them below its figure (`readable`, without the claim, which the notebook states);
+    in a smoke run it first prints that they mean nothing."""
+    if table["smoke"].eq(True).any():
+        print(SMOKE_NOTE)
+    return readable(table).drop(columns="claim").reset_index(drop=True)
+
+
+def report(table, absent, folder):
+    """The verdicts as Markdown: one row per verdict, then why each figure without a table was not judged."""
+    rows = readable(table).drop(columns="n")
     lines = ["# Does the claim hold?", "", f"Verdicts from the figure tables in {folder} (python -m helpers.claims). "
-             "run: smoke means a smoke run made the table, and its verdict means nothing.", "", markdown(shown)]
+             "run: smoke means a smoke run made the table, and its verdict means nothing.", "", markdown(rows)]
     if absent:
         lines += ["", "Not judged:"] + [f"- {figure}: {why}" for figure, why in absent.items()]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ For ResNet-50 and ViT-Ti that is exactly the authors' `pools = [4, 8, 14]` and `
 """
 import collections
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -41,7 +42,8 @@ def save(fig, name, folder="results", table=None, *, smoke=False):
         raise ValueError(f"A figure name is a plain file name, not {name!r}: sweeps live in {folder}/sweeps/")
     folder = Path(folder)
     if smoke:
-        fig.suptitle(SMOKE_TITLE, color="tab:red", fontsize="medium", y=1.02)
+        top = fig.get_tightbbox(fig.canvas.get_renderer()).y1  # inches: above every title, however short the figure
+        fig.suptitle(SMOKE_TITLE, color="tab:red", fontsize="medium", y=(top + 0.08) / fig.get_figheight(), va="bottom")
     paths = [folder / f"{name}.{ext}" for ext in ("png", "pdf", "csv" if table is not None else None) if ext]
     with writing(paths[0]):
         folder.mkdir(parents=True, exist_ok=True)
@@ -293,6 +295,30 @@ def as_grid(table, column="loss"):
     z = table.drop_duplicates(["x", "y"]).pivot(index="y", columns="x", values=column)
     x, y = np.meshgrid(z.columns.to_numpy(), z.index.to_numpy())
     return x, y, z.to_numpy()
+
+
+def standing(ax, table, model, references, *, limit=1.5):
+    """Where `model` stands on each statistic of `diagnosis.standing`'s `table` that has a scale: a point per statistic
+    on an axis from `references[0]` (0) to `references[1]` (1), the middle third ("between") shaded, the scale written
+    beside each point; a point beyond `limit` (or below 1 - `limit`) sits at the edge, its value written there."""
+    placed = table[table.scale.notna()]
+    y = np.arange(len(placed))[::-1]
+    marker, color = model_style(model)
+    ax.axvspan(1 / 3, 2 / 3, color="tab:gray", alpha=0.15, lw=0)
+    for end, name in enumerate(references):
+        ax.axvline(end, color=model_style(name)[1], lw=1.5)
+    shown = placed.scale.clip(1 - limit, limit).to_numpy()
+    ax.scatter(shown, y, marker=marker, color=color, s=50, zorder=3, label=model)
+    for x, value, height in zip(shown, placed.scale, y):
+        ax.annotate(f"{value:.2f}", (x, height), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=7)
+    labels = [textwrap.shorten(f"{figure}: {statistic}", 70, placeholder=" ...")
+              for figure, statistic in zip(placed.figure, placed.statistic)]
+    ax.set_yticks(y, [textwrap.fill(label, 40) for label in labels], fontsize=7)
+    ax.set_xticks([0, 0.5, 1], [f"{references[0]} (0)", "between", f"{references[1]} (1)"], fontsize=8)
+    ax.set(xlim=(1 - limit - 0.1, limit + 0.1), ylim=(-0.7, max(len(placed), 1) - 0.3))
+    if placed.empty:
+        ax.text(0.5, 0.5, "no statistic with a value for all three models", transform=ax.transAxes, ha="center",
+                color="dimgray")
 
 
 def use_style():

@@ -199,3 +199,12 @@ def test_torchrun_with_two_processes_gives_the_bits_of_one(tmp_path):
                                          results=str(tmp_path / run))) for run in ("one", "two"))
     for pair in one.pairs:  # float64 HSIC of each batch, summed in batch order: not a bit depends on the ranks
         assert torch.equal(one.cross[pair], two.cross[pair])
+
+
+def test_best_matches_name_the_most_similar_block_of_the_other_model():
+    similarity = cka_module.Similarity(torch.tensor([[0.2, 0.9, 0.1], [0.7, 0.3, 0.6]], dtype=torch.float64),
+                                       ["a0", "a1"], ["b0", "b1", "b2"], ["embed", "msa"], ["embed", "conv", "pool"],
+                                       batches=1, batch_size=4)
+    matches = similarity.best_matches()
+    assert matches.match.tolist() == ["b1", "b0"] and matches.match_kind.tolist() == ["conv", "embed"]
+    assert matches.cka.tolist() == [0.9, 0.7] and matches.kind.tolist() == ["embed", "msa"]

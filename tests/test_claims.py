@@ -1,5 +1,6 @@
 """helpers.claims on small tables whose verdicts are worked out by hand in each test, and its command line on a
 results folder of smoke tables saved the way the notebooks save them."""
+import math
 import os
 import subprocess
 import sys
@@ -245,6 +246,50 @@ def test_an_empty_table_cannot_decide(claim):
     (verdict,) = claim(pd.DataFrame(), smoke=True).to_dict("records")
     assert verdict["holds"] is None and verdict["comparison"] == "cannot decide: the table is empty"
     assert verdict["smoke"] is True and verdict["figure"] == claims.CLAIMS[claim.__name__][0]
+
+
+# --- every model's own numbers, and the verdicts as a notebook shows them ------------------------------------------
+
+def test_measurements_give_every_model_its_own_value_of_a_pair_statistic():
+    # medians: vit_ti |-1|, 2 -> 1.5; resnet_50 10, 20 -> 15; swin_ti |-3|, 4 -> 3.5; negative 1/2, 0, 1/2
+    table = pd.concat([hessian_results("vit_ti", [[-1, 2]], [True]), hessian_results("resnet_50", [[10, 20]], [True]),
+                       hessian_results("swin_ti", [[4, -3], [99, 99]], [True, False])])
+    measured = claims.measurements("hessian", table, msa_models=["vit_ti", "swin_ti"])
+    median = measured[measured.statistic.str.startswith("median")].set_index("model")
+    negative = measured[measured.statistic.str.startswith("share of negative")].set_index("model")
+    assert median.value.to_dict() == {"vit_ti": 1.5, "resnet_50": 15.0, "swin_ti": 3.5}
+    assert negative.value.to_dict() == {"vit_ti": 0.5, "resnet_50": 0.0, "swin_ti": 0.5}
+    assert median.holds.isna().all() and set(measured.figure) == {"Fig. 1c/4"} and len(measured) == 6
+
+
+def test_measurements_keep_each_models_verdict_and_say_which_model_lacks_a_kind():
+    vit = blocks("vit_ti", VIT_KINDS, "delta_log_amplitude", [0.0, -1.0, -0.4, -1.5, -0.5, -0.3, -0.1])
+    resnet = blocks("resnet_50", ["embed", "conv", "conv"], "delta_log_amplitude", [0.0, 1.0, 0.5])
+    measured = claims.measurements("fourier", pd.concat([resnet, vit])).set_index(["statistic", "model"])
+    msa, conv = (claims.kind_statistic(kind, claims.QUANTITIES["fourier"]) for kind in ("msa", "conv"))
+    assert measured.loc[(msa, "vit_ti"), "value"] == pytest.approx(2 / 3) and measured.loc[(msa, "vit_ti"), "holds"]
+    assert measured.loc[(conv, "resnet_50"), "value"] == 0.5 and measured.loc[(conv, "resnet_50"), "holds"] is False
+    assert "resnet_50 has no block of kind msa" in measured.loc[(msa, "resnet_50"), "comparison"]
+    assert "vit_ti has no block of kind conv" in measured.loc[(conv, "vit_ti"), "comparison"]
+    assert math.isnan(measured.loc[(conv, "vit_ti"), "value"]) and len(measured) == 6  # msa, conv, mlp x 2 models
+    (empty,) = claims.measurements("lesion", pd.DataFrame()).itertuples()
+    assert empty.statistic == "" and empty.comparison == "cannot decide: the table is empty"
+
+
+def test_robustness_measurements_have_each_models_slope_and_drop_at_the_highest_band():
+    table = pd.concat([drops("vit_ti", {0.1: 0.30, 0.9: 0.05}), drops("resnet_50", {0.1: 0.10, 0.9: 0.40})])
+    measured = claims.measurements("robustness", table).set_index(["statistic", "model"]).value
+    assert measured[("accuracy drop at 0.9π minus at 0.1π", "vit_ti")] == pytest.approx(-0.25)
+    assert measured[("accuracy drop at 0.9π", "resnet_50")] == 0.40 and len(measured) == 4
+
+
+def test_shown_says_a_smoke_runs_verdicts_mean_nothing(capsys):
+    table = lesion_table("vit_ti", VIT_KINDS, {6}, [np.nan, 0.02, 0.01, 0.04, 0.01, 0.10, 0.03])
+    shown = claims.shown(claims.lesion(table, smoke=True))
+    assert capsys.readouterr().out.strip() == claims.SMOKE_NOTE
+    assert shown.verdict.tolist() == ["holds"] and "claim" not in shown and shown.run.tolist() == ["smoke"]
+    claims.shown(claims.lesion(table, smoke=False))
+    assert capsys.readouterr().out == ""
 
 
 # --- python -m helpers.claims ----------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import buildup, cka, hessian, landscape, lesion, robustness, run, train
+from helpers import buildup, cka, diagnosis, hessian, landscape, lesion, robustness, run, train
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(ROOT.glob("*.ipynb"))
 CONFIGS = {"losslandscape.ipynb": landscape.Config, "cka.ipynb": cka.Config, "robustness.ipynb": robustness.Config,
            "hessian.ipynb": hessian.Config,
-           "classification.ipynb": train.Config, "lesion.ipynb": lesion.Config, "buildup.ipynb": buildup.Config}
+           "classification.ipynb": train.Config, "lesion.ipynb": lesion.Config, "buildup.ipynb": buildup.Config,
+           "diagnose.ipynb": diagnosis.Config}
 # Smoke runs with smaller choices where the default models make a minute of work
 SMOKE = {"lesion.ipynb": {"models": ["resnet_18", "vit_ti"]}, "buildup.ipynb": {"baseline": "alternet_18"}}
 

@@ -27,6 +27,8 @@ REHEARSALS = {
     "hessian.ipynb": ({"models": ["vit_ti"], "images": 8, "batch_size": 2, "fraction": 0.25, "k": 2, "max_steps": 3},
                       "environment"),
     "lesion.ipynb": ({"models": ["vit_ti", "pit_ti"], "images": 4, "batch_size": 4, "workers": 0}, "parameter"),
+    "diagnose.ipynb": ({"images": 4, "batch_size": 4, "hessian_batches": 1, "hessian_batch_size": 2, "k": 1,
+                        "max_steps": 2, "workers": 0}, "parameter"),
     "buildup.ipynb": ({"baseline": "alternet_18", "epochs": 1, "warmup_epochs": 0, "images": 8, "batch_size": 8,
                        "test_images": 8, "eval_batch_size": 8, "workers": 0}, "environment"),
 }
