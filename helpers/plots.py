@@ -194,6 +194,12 @@ def spectrum_image(ax, spectrum):
     ax.figure.colorbar(image, ax=ax, label="Log amplitude")
 
 
+def short(name, width=32):
+    """A model specification short enough for an axis label: its keywords become "(…)", then it is cut to `width`."""
+    name = name if len(name) <= width or "(" not in name else name.split("(", 1)[0] + "(…)"
+    return name if len(name) <= width else name[:width - 1] + "…"
+
+
 def similarity_heatmap(ax, matrix, blocks_a, blocks_b):
     """A block-by-block similarity `matrix` (rows: `blocks_a`, input at the bottom left) with strips along both
     axes coloured by block kind, and a legend of the kinds present."""

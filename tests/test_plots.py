@@ -77,6 +77,12 @@ def test_save_writes_png_pdf_csv_and_depths(tmp_path):
     plt.close(fig)
 
 
+def test_a_long_specification_is_shortened_for_an_axis_label():
+    assert plots.short("vit_ti") == "vit_ti"
+    assert plots.short("timm:deit_tiny_patch16_224(img_size=32, patch_size=4)") == "timm:deit_tiny_patch16_224(…)"
+    assert plots.short("a" * 40) == "a" * 31 + "…"
+
+
 def test_a_saved_table_records_whether_a_smoke_run_made_it(tmp_path):
     fig, _ = plt.subplots()
     csv = plots.save(fig, "x", tmp_path, table={"a": [1, 2]}, smoke=True)[2]
