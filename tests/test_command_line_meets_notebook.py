@@ -15,6 +15,8 @@ import pytest
 from helpers import hessian, landscape, robustness, run
 from helpers.sweep import Table
 
+# the README's real commands, two processes then a notebook each (two minutes on 2 cores): the rehearsal's CI step
+pytestmark = pytest.mark.rehearsal
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 COMMANDS = re.search(r"<!-- torchrun -->\n```bash\n(.*?)```\n<!-- /torchrun -->", README, re.S).group(1).splitlines()
