@@ -175,11 +175,11 @@ def synthetic_pixels(n, name="cifar100", *, seed=0):
     return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, NUM_CLASSES[name], n)
 
 
-def test_images(spec, n=None, *, root="data", mirror=None, smoke=False, name="cifar100"):
+def test_images(spec, n=None, *, root="data", mirror=None, smoke=False, name="cifar100", seed=0):
     """The first `n` test images of `name` (all when None) through `spec`'s test transform, or `n` synthetic ones of
-    its size for a smoke run: the images of the figures that need no labels' training split."""
+    its size for a smoke run (drawn from `seed`): the test set of every figure and of training."""
     if smoke:
-        return synthetic(n or 8, name, spec=spec)
+        return synthetic(n or 8, name, seed=seed, spec=spec)
     test_set = dataset(name, root, train=False, transform=test_transform(name, spec), mirror=mirror)
     return Subset(test_set, range(min(n or len(test_set), len(test_set))))
 

@@ -441,20 +441,23 @@ def training_folder(config):
     return config.results_folder() / "smoke" / "trained" if config.smoke else Path(config.folder)
 
 
+def test_set_of(config, spec):
+    """The test set of `config` at the input size and normalisation of the model `spec` (synthetic when smoke)."""
+    if spec.imagenet:
+        raise ValueError(f"{spec.name} classifies ImageNet: the authors' recipe trains and tests on {config.dataset}; "
+                         "give a CIFAR model (a registry name, timm:NAME without a pretrained tag, or your own file).")
+    return data.test_images(spec, config.test_images, root=config.data_root, mirror=config.mirror, smoke=config.smoke,
+                            name=config.dataset, seed=config.seed + 1)
+
+
 def datasets_of(config, spec=None):
     """(training set with the recipe's transform, test set) at the input size of the model `spec` (default: the
     model to train), or synthetic stand-ins when smoke."""
     spec = spec or models_module.resolve(config.model, data.NUM_CLASSES[config.dataset])
-    if spec.imagenet:
-        raise ValueError(f"{spec.name} classifies ImageNet: the authors' recipe trains and tests on {config.dataset}; "
-                         "give a CIFAR model (a registry name, timm:NAME without a pretrained tag, or your own file).")
+    test_set = test_set_of(config, spec)
     train_set = data.training_set(config, RECIPES[config.recipe].train_transform(config.dataset, spec),
                                   config.dataset, spec=spec)
-    if config.smoke:
-        return train_set, data.synthetic(config.test_images, config.dataset, seed=config.seed + 1, spec=spec)
-    test_set = data.dataset(config.dataset, config.data_root, train=False, transform=data.test_transform(
-        config.dataset, spec), mirror=config.mirror)
-    return train_set, Subset(test_set, range(min(config.test_images or len(test_set), len(test_set))))
+    return train_set, test_set
 
 
 def accuracy_table(config, *, progress=True):
@@ -464,7 +467,7 @@ def accuracy_table(config, *, progress=True):
     device, rows = pick_device(), []
     for name in config.names():
         spec = config.spec(name)
-        _, test_set = datasets_of(config, spec)
+        test_set = test_set_of(config, spec)
         net = config.pretrained(name, device)
         metrics = evaluate(net, test_set, batch_size=config.eval_batch_size, workers=data.worker_count(config.workers),
                            progress=progress)
