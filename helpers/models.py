@@ -27,7 +27,7 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable
 
@@ -246,10 +246,7 @@ def code_spec(text, target, keywords, num_classes):
         path = Path(location).expanduser()
         if not path.is_file():
             raise SpecificationError(f"{text}: there is no file {path.resolve()}.")
-        module_spec = importlib.util.spec_from_file_location(f"vits_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_spec.name] = module
-        module_spec.loader.exec_module(module)
+        module = file_module(path.resolve(), path.stat().st_mtime_ns)
     else:
         try:
             module = importlib.import_module(location)
@@ -264,6 +261,17 @@ def code_spec(text, target, keywords, num_classes):
                                  f"{', '.join(defined) or 'nothing callable'}.")
     input_size = tuple(getattr(builder, "input_size", CIFAR_SIZE))
     return Spec(text, "code", checked(builder, text), keywords, input_size, num_classes=num_classes)
+
+
+@lru_cache(maxsize=None)
+def file_module(path, modified):
+    """The module of a Python file, run once per version of the file (`modified`: its mtime): a specification is
+    resolved wherever a model is named, and a file's classes keep one identity."""
+    module_spec = importlib.util.spec_from_file_location(f"vits_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def checked(builder, text):

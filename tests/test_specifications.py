@@ -89,6 +89,18 @@ def test_your_own_file_and_module_build_with_the_figure_classes(my_net, monkeypa
     assert blocks.kinds == ["embed", "conv", "pool", "conv", "head"] and sum(b.removable for b in blocks) == 2
 
 
+def test_a_file_runs_once_per_version_however_often_it_is_named(tmp_path):
+    log, path = tmp_path / "runs.txt", tmp_path / "counted.py"
+    source = f"open({str(log)!r}, 'a').write('ran\\n')\n" + MY_NET
+    path.write_text(source)
+    first, again = models.resolve(f"{path}:build"), models.resolve(f"{path}:build(width=4)")
+    assert log.read_text().count("ran") == 1 and type(first.build()) is type(again.build())
+    path.write_text(source + "\n# edited\n")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10 ** 9))  # a later version
+    models.resolve(f"{path}:build")
+    assert log.read_text().count("ran") == 2
+
+
 @pytest.mark.parametrize("text, message", [
     ("timm:convnext_attto", "timm has no model 'convnext_attto'; close: convnext_atto"),
     ("timm:convnext_atto.no_such_tag", "no pretrained weights 'convnext_atto.no_such_tag'"),
