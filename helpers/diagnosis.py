@@ -67,7 +67,7 @@ class Config(Experiment):
 
     def spec(self, name):
         """The resolved `helpers.models.Spec` of one of `names()`, with the 100 CIFAR-100 classes."""
-        return models.resolve(name, num_classes=100)
+        return models.resolve(name)
 
     def pretrained(self, name, device=None):
         """One of `names()` with its weights (see `experiment.Pretrained.pretrained`), in eval mode on `device`."""

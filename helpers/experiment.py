@@ -117,8 +117,9 @@ class Pretrained(Experiment):
         return self.models + [name for name in self.checkpoints if name not in self.models]
 
     def spec(self, name):
-        """The resolved `helpers.models.Spec` of a specification, with the figure's 100 CIFAR-100 classes."""
-        return models.resolve(name, num_classes=100)
+        """The resolved `helpers.models.Spec` of a specification (the figure builds it with CIFAR-100's 100 classes;
+        `spec.sized(model)` gives the size the built model runs at)."""
+        return models.resolve(name)
 
     def pretrained(self, name, device=None):
         """The model `name` names with its weights: the file of `checkpoints`, else official (downloaded, mirror
