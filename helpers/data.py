@@ -61,11 +61,12 @@ def resized(spec):
     return [transforms.Resize(tuple(spec.input_size[1:]), interpolation=transforms.InterpolationMode.BICUBIC)]
 
 
-def say_size(spec):
+def say_size(spec, smoke=False):
     """One line when a model runs at another size than the figure's 32 x 32 images."""
     if tuple(input_size(spec)[1:]) != (32, 32):
-        print(f"Note: {spec.text} runs at {spec.input_size[1]} x {spec.input_size[2]} ({spec.size_origin}); the "
-              "figure's 32 x 32 images are resized to it.")
+        print(f"Note: {spec.text} runs at {spec.input_size[1]} x {spec.input_size[2]} ({spec.size_origin}); "
+              + ("its synthetic images are drawn at that size." if smoke else
+                 "the figure's 32 x 32 images are resized to it."))
 
 
 def test_transform(name, spec=None):
@@ -196,7 +197,7 @@ def test_images(spec, n=None, *, root="data", mirror=None, smoke=False, name="ci
     """The first `n` test images of `name` (all when None) through `spec`'s test transform, or `n` synthetic ones of
     its size for a smoke run (drawn from `seed`): the test set of every figure and of training. `spec` is sized
     (`spec.sized(model)`)."""
-    say_size(spec)
+    say_size(spec, smoke)
     if smoke:
         return synthetic(n or 8, name, seed=seed, spec=spec)
     test_set = dataset(name, root, train=False, transform=test_transform(name, spec), mirror=mirror)
@@ -216,7 +217,7 @@ def training_set(config, transform, name="cifar100", spec=None):
     """The training split of `name` with `transform`, the first `config.images` of a shuffle seeded by
     `config.seed` (synthetic images of `spec`'s size when `config.smoke`): what every experiment trains or measures on.
     `config` is an experiment config (smoke, images, seed, data_root, mirror)."""
-    say_size(spec)
+    say_size(spec, config.smoke)
     if config.smoke:
         return synthetic(config.images, name, seed=config.seed, spec=spec)
     dataset_ = dataset(name, config.data_root, train=True, transform=transform, mirror=config.mirror)

@@ -97,6 +97,9 @@ def run(config, *, progress=True):
         table = experiment.table(config, "lesion", spec.slug, ("block",), data=data.fingerprint(images),
                                  weights=experiment.weights_digest(blocks))
         units = [{"block": INTACT}] + [{"block": unit["block"]} for unit in lesions(blocks)]
+        if len(units) == 1:
+            print(f"Note: {spec.text} has no removable block (none is a residual branch): the lesion study has nothing "
+                  "to remove and measures the intact model only.")
 
         def compute(unit, blocks=blocks, batches=batches):
             removed = None if unit["block"] == INTACT else unit["block"]

@@ -104,6 +104,11 @@ class Spec:
             if not self.keywords or "argument" not in str(error):
                 raise
             raise SpecificationError(f"{self.text}: {error}; give only keywords its builder takes.") from error
+        except Exception as error:  # a builder of yours, torchvision's or Hugging Face's: one line, not a traceback
+            if self.source not in ("code", "hf"):
+                raise
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise SpecificationError(f"{self.text} could not be built: {type(error).__name__}: {first}") from error
         if not isinstance(model, nn.Module):
             raise SpecificationError(f"{self.text} returned a {type(model).__name__}, not a torch.nn.Module.")
         if self.source in ("code", "hf"):
@@ -205,8 +210,8 @@ def checked(spec: Spec, model: nn.Module, num_classes: int) -> None:
     take, logits = logits_in(output)
     if take is not None and tuple(logits.shape) == expected:
         model.register_forward_hook(take)
-        print(f"Note: {spec.text} returns a {type(output).__name__}; the figures read its "
-              f"{'logits' if take is logits_item else 'first item, the logits'}.")
+        print(f"Note: the figures read the {'logits' if take is logits_item else 'first item (the logits)'} of "
+              f"{spec.text}'s {type(output).__name__} output.")
         return
     if torch.is_tensor(output) and tuple(output.shape) == expected:
         return

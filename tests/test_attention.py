@@ -267,3 +267,43 @@ def test_attention_is_what_mixes_positions_with_weights_computed_from_the_input(
         assert torch.equal(blocks(x), net(x))
     assert blocks.kinds.count("msa") == msa, blocks.kinds
     assert sum(block.removable for block in blocks) >= 2  # the two mixers are residual branches
+
+
+# Real models: torchvision's (nn.MultiheadAttention; Swin's shifted windows) and Hugging Face's (eager and sdpa)
+
+def test_torchvision_vit_b_16_shows_its_12_attention_blocks():
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.vit_b_16().eval()
+    with torch.no_grad():
+        net.heads.head.weight.normal_(std=0.02)  # torchvision starts the head at zero: every output would be zero
+    blocks = split(net)  # at its own image_size, 224
+    assert blocks.spec.input_size == (3, 224, 224)
+    assert blocks.kinds == ["embed"] + ["msa", "mlp"] * 12 + ["head"]
+    assert blocks[1].name == "encoder.layers.encoder_layer_0.self_attention"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        intact = net(x)
+        with blocks.lesioned("encoder.layers.encoder_layer_11.self_attention"):
+            assert not torch.equal(net(x), intact)
+
+
+def test_torchvision_swin_t_keeps_its_12_attention_blocks_in_4_stages():
+    import torchvision
+
+    blocks = split(torchvision.models.swin_t().eval(), input_size=(3, 224, 224))
+    assert blocks.kinds.count("msa") == 12 and blocks.kinds.count("mlp") == 12
+    assert len(blocks.stage_ends()) == 4
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_hugging_face_attention_eager_or_fused(implementation):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                       intermediate_size=64, num_labels=10, attn_implementation=implementation)
+    net = ViTForImageClassification(config).eval()
+    assert net.config._attn_implementation == implementation
+    blocks = split(net)  # at its config's image_size; the probe reads the logits of its ImageClassifierOutput
+    assert blocks.spec.input_size == (3, 32, 32) and blocks.kinds == ["embed"] + ["msa", "mlp"] * 3 + ["head"]
