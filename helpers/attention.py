@@ -19,11 +19,8 @@ gMLP's spatial gating unit with its learned token weights, a convolution), for p
 that sums over no positions: channel gating (squeeze-and-excitation, ECA; split attention and selective kernels sum
 their gated branches, not positions).
 
-Which dimensions hold positions is followed from the model's input (B, C, H, W: H and W hold positions) through every
-operation of the probe: a reshape carries positions into the dimensions it splits them into or merges them with, a
-permute moves them, a linear map or a convolution keeps the kind of the dimension it maps, a reduction removes the
-dimensions it reduces, and a dimension of size 1 holds none. Where an operation loses track of them, a matrix product
-of two distinct activations counts as attention.
+Which dimensions hold positions is followed from the model's input through every operation (`helpers.positions`);
+where an operation loses track of them, a matrix product of two distinct activations counts as attention.
 """
 from helpers.positions import MATRIX_PRODUCTS, SUMS, positions, product_factors, reduced_dims
 from helpers.trace import ATTENTION_OPS, SHAPE_OPS

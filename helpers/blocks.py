@@ -13,11 +13,10 @@ The rule, applied to one probe forward pass (`helpers.trace`), from the model do
   computed from the previous sum, is a residual block; with two or more (a pre-norm transformer block, x + attn(...)
   then x + mlp(...)) each branch is its own block, whose output is read where the next branch's first module takes
   the stream. Removing a block zeroes its branch's output: the stream passes through its shortcut.
-- A branch's **kind** is `msa` when it attends (the rule stated in `split`'s docstring: weights computed from the
-  input mix the positions; window, shifted-window, grid, pooling, class or cross-covariance attention alike), `conv` when it
-  mixes neighbouring positions otherwise (a convolution wider than 1, a pooling window: ConvNeXt's depthwise conv,
-  PoolFormer's pooling, FastViT's RepMixer), and `mlp` when it mixes channels only (or tokens through a Linear,
-  Mixer's token MLP).
+- A branch's **kind** is `msa` when it attends (weights computed from the input mix the positions: the rule stated
+  in `split`'s docstring), `conv` when it mixes neighbouring positions otherwise (a convolution wider than 1, a
+  pooling window: ConvNeXt's depthwise conv, PoolFormer's pooling, FastViT's RepMixer), and `mlp` when it mixes
+  channels only (or tokens through a Linear, Mixer's token MLP).
 - A module that is not residual is followed into its children when they are a sequence (each child's output is a
   cut: every path from the module's input to its output passes through it); otherwise it is one unit (a dense block,
   a MobileViT block). Units that are not residual blocks are grouped: a unit with weights (a convolution or linear
@@ -33,9 +32,7 @@ The rule, applied to one probe forward pass (`helpers.trace`), from the model do
 
 Your own model can declare its blocks: give it an attribute `analysis_blocks`, an ordered dict of module names to
 kinds, e.g. `{"stem": "embed", "stages.0": "conv", "stages.1": "msa"}`; the head (the logits) is added after them.
-
-The rule is applied by `helpers.anatomy` (residual branches and units), `helpers.attention` (what attends) and
-`helpers.kinds` (kinds, names, layouts); `split` states what attends.
+`helpers.anatomy` (residual branches, units), `helpers.attention` (what attends) and `helpers.kinds` apply the rule.
 """
 from contextlib import contextmanager
 
@@ -47,9 +44,9 @@ from helpers import anatomy
 from helpers import trace as tracing
 from helpers.attention import attends
 from helpers.common import evaluating
-from helpers.kinds import KINDS, LAYOUTS, Block, Site, collapse_notes, declared_blocks, rule_blocks  # noqa: F401
-from helpers.kinds import tokens_to_map  # noqa: F401  (Block, Site and tokens_to_map are read from here too)
+from helpers.kinds import Block, Site, collapse_notes, declared_blocks, rule_blocks, unfaithful  # noqa: F401 (Site)
 from helpers.spec import PROBE_BATCH, Spec
+
 
 class Blocks(nn.Module):
     """A model and its blocks; `Blocks(x)` is `model(x)`. It iterates, indexes and counts like the list of blocks."""
@@ -196,23 +193,22 @@ def first_tensor(obj):
     return tensors[0] if tensors else None
 
 
-# The split: the rule of `helpers.anatomy` on one probe pass, checked against timm's own intermediates
+# The split: the rule on one probe pass, checked against timm's own intermediates
 
 def split(model: nn.Module, spec: Spec | None = None, *, input_size: tuple | None = None) -> "Blocks":
-    """The `Blocks` of `model`, from one probe pass on a batch of random inputs of its input size: `spec.input_size`
-    of a sized `spec` (`helpers.spec`), else the size `spec.sized(model)` decides (`input_size`, C x H x W, overrides
-    it; without a spec, the model's own or the figure's 32 x 32). `Blocks.spec` is that sized spec.
+    """The `Blocks` of `model` by the rule of the module docstring, from one probe pass on random inputs of its size:
+    that of a sized `spec`, else the one `spec.sized(model)` decides (`input_size`, C x H x W, overrides it; without a
+    spec, the model's own or the figure's 32 x 32). `Blocks.spec` is that sized spec (`helpers.spec`).
 
-    The blocks follow the rule of the module docstring. A branch or unit is `msa` when it attends, by one rule over
-    what it computes (`helpers.attention`): token mixing whose weights are computed from the input, that is a product
-    of two input-dependent values that contracts over positions, whatever the normalisation (softmax over the queries
-    or the keys, a kernel feature map, none) and whatever the layout (heads, windows, pooled or strided keys, class
-    tokens). It finds `F.scaled_dot_product_attention`, `nn.MultiheadAttention`, softmax(q k^T) v written out in any
-    layout, factorized, linear or kernel attention, separable attention, cross-covariance attention and Hugging Face
-    attention (eager or sdpa); never channel gating (squeeze-and-excitation, ECA, split attention, selective kernels)
-    nor token mixing with static weights (gMLP's spatial gating unit, MLP-Mixer's token MLP, pooling, convolutions).
-    Where the deepest maps collapse to 1 x 1 at that size, or tokens lie on a grid under 4 x 4, a printed note names
-    the stage and the size that avoids it.
+    A branch or unit is `msa` when it attends (`helpers.attention`): token mixing whose weights are computed from the
+    input, that is a product of two input-dependent values that contracts over positions, whatever the normalisation
+    (softmax over the queries or the keys, a kernel feature map, none) and the layout (heads, windows, pooled or
+    strided keys, class tokens): `F.scaled_dot_product_attention`, `nn.MultiheadAttention`, softmax(q k^T) v written
+    out, factorized, linear or kernel, separable, cross-covariance and Hugging Face attention (eager or sdpa); never
+    channel gating (squeeze-and-excitation, ECA, split attention, selective kernels) nor token mixing with static
+    weights (gMLP's spatial gating unit, MLP-Mixer's token MLP, pooling, convolutions). Where the deepest maps
+    collapse to 1 x 1 at that size, or tokens lie on a grid under 4 x 4, a note names the stage and the size that
+    avoids it.
     """
     spec = spec or Spec.of(model)
     spec = spec if spec.input_size is not None and input_size is None else spec.sized(model, input_size)
@@ -235,31 +231,6 @@ def split(model: nn.Module, spec: Spec | None = None, *, input_size: tuple | Non
         print(f"Note: {spec.text} is analysed at stage level ({problem}).")
         return stage_blocks(model, trace, x, spec)
     return result
-
-
-def unfaithful(blocks, model, x):
-    """None when the blocks are what the model computes; else why not: fewer than two feature maps, or a map of
-    timm's `forward_intermediates` that one of our blocks holds with its positions in another order (Hiera keeps its
-    tokens in mask-unit order): the same values per image and channel, not at the same places."""
-    if sum(block.size >= 4 for block in blocks.layers) < 2:
-        return "no sequence of blocks was found in it"
-    if not hasattr(model, "forward_intermediates"):
-        return None
-    with torch.no_grad(), evaluating(model):
-        try:
-            intermediates = model.forward_intermediates(x, intermediates_only=True)
-        except Exception:  # a timm model whose intermediates need other arguments: nothing to compare with
-            return None
-        maps = blocks.feature_maps(x)
-    for i, intermediate in enumerate(intermediates):
-        alike = [m for m in maps if m.shape == intermediate.shape and m.ndim == 4]
-        if any(torch.allclose(m, intermediate) for m in alike):
-            continue
-        ordered = intermediate.flatten(2).sort().values
-        if any(torch.allclose(m.flatten(2).sort().values, ordered) for m in alike):
-            return (f"the positions of its forward_intermediates' map {i}, {tuple(intermediate.shape[1:])}, are in "
-                        "another order in the blocks' outputs")
-    return None
 
 
 class StageBlocks(Blocks):

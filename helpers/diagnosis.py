@@ -66,7 +66,7 @@ class Config(Experiment):
         return list(dict.fromkeys([REFERENCES[0], self.model, REFERENCES[1]]))
 
     def spec(self, name):
-        """The resolved `helpers.models.Spec` of one of `names()`, with the 100 CIFAR-100 classes."""
+        """The resolved `helpers.models.Spec` of one of `names()` (built with the 100 CIFAR-100 classes)."""
         return models.resolve(name)
 
     def pretrained(self, name, device=None):

@@ -98,7 +98,8 @@ class Experiment:
 class Pretrained(Experiment):
     """The settings of a figure of pretrained models: which ones, and where their weights come from."""
     models: list[str] = setting(["resnet_50", "vit_ti"], "model specifications: registry names (python -m "
-                                "helpers.models lists them), timm:NAME, file.py:FUNCTION", identity=False)
+                                "helpers.models lists them), timm:NAME, hf:ID, file.py:FUNCTION, each with an "
+                                "optional @SIZE", identity=False)
     checkpoints: dict[str, str] = setting({}, "model name -> checkpoint file to use instead of the official weights "
                                           "(e.g. a trained AlterNet)", identity=False)
     checkpoint_root: str = setting("checkpoints", "folder of the official checkpoints (downloaded there on first use)",

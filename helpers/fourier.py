@@ -146,8 +146,8 @@ def note_too_small(blocks):
     sides = [math.isqrt(block.size) for block in blocks.layers]
     if sides and max(sides) < 3:
         name = blocks.spec.text if blocks.spec is not None else type(blocks.model).__name__
-        print(f"Note: {name}'s largest feature map is {max(sides)} x {max(sides)}: the Fourier panels have no frequency "
-              "above 0 to show; give it a larger input (see helpers.models: NAME@SIZE).")
+        print(f"Note: {name}'s largest feature map is {max(sides)} x {max(sides)}: the Fourier panels have no "
+              "frequency above 0 to show; give it a larger input (see helpers.models: NAME@SIZE).")
 
 
 # The authors' own setting: ImageNet-pretrained timm models on ImageNet validation images (needs the hub)

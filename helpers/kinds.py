@@ -1,13 +1,15 @@
 """The blocks of a model from the rule's units (`helpers.anatomy`): their kinds, names and layouts, the embed and the
-head, or the blocks a model declares; and the notes on a model whose maps collapse at the size it runs at.
-`helpers.blocks.split` states the rule."""
+head, or the blocks a model declares; their check against timm's `forward_intermediates`; and the notes on a model
+whose maps collapse at the size it runs at. `helpers.blocks` states the rule."""
 import heapq
 import math
 from dataclasses import dataclass
 
+import torch
 from einops import rearrange
 
 from helpers import anatomy
+from helpers.common import evaluating
 from helpers.spec import PROBE_BATCH
 
 KINDS = ("embed", "conv", "msa", "mlp", "pool", "head")
@@ -124,8 +126,8 @@ def group_name(group, units, taken):
     others = [n for u in units if u not in group.units for n in u.names]
     parts = weighted[0].split(".")
     candidates = [".".join(parts[:n]) for n in range(1, len(parts) + 1)]
-    name = next((c for c in candidates if all(inside(n, c) for n in weighted) and not any(inside(o, c) for o in others)),
-                weighted[0])
+    holding = [c for c in candidates if all(inside(n, c) for n in weighted) and not any(inside(o, c) for o in others)]
+    name = holding[0] if holding else weighted[0]
     unique, n = name, 1
     while unique in taken:
         n += 1
@@ -201,6 +203,31 @@ def declared_blocks(model, trace, declared):
     return blocks + [Block("head", "head", None, "logits")]
 
 
+def unfaithful(blocks, model, x):
+    """None when the blocks are what the model computes; else why not: fewer than two feature maps, or a map of
+    timm's `forward_intermediates` that one of our blocks holds with its positions in another order (Hiera keeps its
+    tokens in mask-unit order): the same values per image and channel, not at the same places."""
+    if sum(block.size >= 4 for block in blocks.layers) < 2:
+        return "no sequence of blocks was found in it"
+    if not hasattr(model, "forward_intermediates"):
+        return None
+    with torch.no_grad(), evaluating(model):
+        try:
+            intermediates = model.forward_intermediates(x, intermediates_only=True)
+        except Exception:  # a timm model whose intermediates need other arguments: nothing to compare with
+            return None
+        maps = blocks.feature_maps(x)
+    for i, intermediate in enumerate(intermediates):
+        alike = [m for m in maps if m.shape == intermediate.shape and m.ndim == 4]
+        if any(torch.allclose(m, intermediate) for m in alike):
+            continue
+        ordered = intermediate.flatten(2).sort().values
+        if any(torch.allclose(m.flatten(2).sort().values, ordered) for m in alike):
+            return (f"the positions of its forward_intermediates' map {i}, {tuple(intermediate.shape[1:])}, are in "
+                        "another order in the blocks' outputs")
+    return None
+
+
 # A model run at a size too small for it
 
 def collapsing(group):
@@ -225,8 +252,8 @@ def collapse_notes(spec, blocks, folded):
     small = [block for block in blocks if block.layout == "BNC" and block.kind != "embed" and 0 < block.size < 16]
     if small:
         side = math.isqrt(small[0].size)
-        lines.append(f"Note: {at} tokens lie on a {side} x {side} grid from {small[0].name} on, too few for the Fourier "
-                     f"panel; give it a larger input: {spec.at(larger(spec, (side, side), 4))}.")
+        lines.append(f"Note: {at} tokens lie on a {side} x {side} grid from {small[0].name} on, too few for the "
+                     f"Fourier panel; give it a larger input: {spec.at(larger(spec, (side, side), 4))}.")
     return lines
 
 

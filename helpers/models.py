@@ -190,8 +190,9 @@ def describe(text: str) -> str:
     sized = blocks.spec
     with torch.no_grad():
         maps = blocks.feature_maps(torch.zeros(1, *sized.input_size))
-    lines = [f"{spec.text}: {count_parameters(model) / 1e6:.2f}M parameters, input {' x '.join(map(str, sized.input_size))}"
-             f" ({sized.size_origin})" + (", analysed at stage level" if blocks.stage_level else ""),
+    size = " x ".join(map(str, sized.input_size))
+    lines = [f"{spec.text}: {count_parameters(model) / 1e6:.2f}M parameters, input {size} ({sized.size_origin})"
+             + (", analysed at stage level" if blocks.stage_level else ""),
              f"{'':>3}  {'kind':<5} {'map (C x H x W)':<17} {'removable':<9}  block"]
     for i, block in enumerate(blocks):
         shape = " x ".join(map(str, maps[i].shape[1:])) if i < len(maps) else "logits"

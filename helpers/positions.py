@@ -36,7 +36,10 @@ def positions(value):
             stack.extend(pending)
             continue
         stack.pop()
-        flags = propagated(current.op, current)
+        try:
+            flags = propagated(current.op, current)
+        except (IndexError, KeyError, TypeError, ValueError):  # arguments in a form not foreseen: track lost
+            flags = None
         _known[current] = None if flags is None or len(flags) != len(current.shape) else \
             tuple(bool(f) and size > 1 for f, size in zip(flags, current.shape))
     return _known[value]
@@ -100,7 +103,7 @@ def regrouped(before, flags, after):
     right = [(d, s) for d, s in enumerate(after) if s != 1]
     i = j = 0
     while i < len(left) and j < len(right):
-        group, product, ins, outs = False, 1, [left[i]], [right[j]]
+        ins, outs = [left[i]], [right[j]]
         product_in, product_out = left[i][1], right[j][1]
         i, j = i + 1, j + 1
         while product_in != product_out:
@@ -114,9 +117,8 @@ def regrouped(before, flags, after):
                 j += 1
             else:
                 return None
-        group = any(flags[d] for d, _ in ins)
         for d, _ in outs:
-            out[d] = group
+            out[d] = any(flags[d_in] for d_in, _ in ins)
     return out if i == len(left) and j == len(right) else None
 
 

@@ -250,9 +250,9 @@ def corrupted_set(config):
 
 
 def noise_model_and_images(config, name, device):
-    """(model, its sized spec, images, labels) of the noise sweep: a CIFAR model and the clean CIFAR-100 test set; with `imagenet`, an
-    ImageNet model (a pretrained timm tag, or timm's counterpart of a registry model) and that folder's first
-    `images` images through its own transform."""
+    """(model, its sized spec, images, labels) of the noise sweep: a CIFAR model and the clean CIFAR-100 test set;
+    with `imagenet`, an ImageNet model (a pretrained timm tag, or timm's counterpart of a registry model) and that
+    folder's first `images` images through its own transform."""
     spec = config.spec(name)
     if config.imagenet is None or config.smoke:
         if spec.imagenet and not config.smoke:

@@ -100,20 +100,27 @@ class Spec:
             model = self.builder(num_classes=self.classes or num_classes, **kw)
         except SpecificationError:
             raise
-        except TypeError as error:
-            if not self.keywords or "argument" not in str(error):
+        except Exception as error:
+            problem = self.failed(error)
+            if problem is None:
                 raise
-            raise SpecificationError(f"{self.text}: {error}; give only keywords its builder takes.") from error
-        except Exception as error:  # a builder of yours, torchvision's or Hugging Face's: one line, not a traceback
-            if self.source not in ("code", "hf"):
-                raise
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise SpecificationError(f"{self.text} could not be built: {type(error).__name__}: {first}") from error
+            raise problem from error
         if not isinstance(model, nn.Module):
             raise SpecificationError(f"{self.text} returned a {type(model).__name__}, not a torch.nn.Module.")
         if self.source in ("code", "hf"):
             checked(self.sized(model), model, self.classes or num_classes)
         return model
+
+    def failed(self, error: Exception) -> "SpecificationError | None":
+        """The one or two lines for a builder that raised `error`: keywords it does not take, a builder of yours or
+        Hugging Face's that failed; None for a failure of one of ours (a bug, with its traceback)."""
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if isinstance(error, TypeError) and "argument" in first and (self.keywords or self.source == "code"):
+            how = "give only keywords its builder takes" if self.keywords else "it is called as FUNCTION(num_classes=N)"
+            return SpecificationError(f"{self.text}: {first}; {how}.")
+        if self.source in ("code", "hf"):
+            return SpecificationError(f"{self.text} could not be built: {type(error).__name__}: {first}")
+        return None
 
     def sized(self, model: nn.Module, input_size: tuple | None = None) -> "Spec":
         """This spec with the input size its built `model` runs at, and where that size comes from (see the module

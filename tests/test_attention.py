@@ -307,3 +307,31 @@ def test_hugging_face_attention_eager_or_fused(implementation):
     assert net.config._attn_implementation == implementation
     blocks = split(net)  # at its config's image_size; the probe reads the logits of its ImageClassifierOutput
     assert blocks.spec.input_size == (3, 32, 32) and blocks.kinds == ["embed"] + ["msa", "mlp"] * 3 + ["head"]
+
+
+def test_positions_are_followed_through_windows_reshapes_reductions_and_einsums():
+    """Which dimensions hold the input's positions, written out by hand for each step of a window partition."""
+    from helpers import trace
+    from helpers.positions import positions
+
+    class Windows(nn.Module):
+        def forward(self, x):  # 2, 3, 8, 8
+            x = x.permute(0, 2, 3, 1)  # B, H, W, C
+            windows = x.view(2, 2, 4, 2, 4, 3).permute(0, 1, 3, 2, 4, 5).reshape(-1, 16, 3)  # (B h w), (4 4), C
+            scores = torch.einsum("...nc,...mc->...nm", windows, windows.flip(-1))  # (B h w), 16, 16
+            pooled = scores.mean(dim=-1)  # (B h w), 16
+            return self.head(pooled[:, None, :4].flatten(1).mT.mT)  # 2 x 4 logits
+
+        head = nn.Identity()
+
+    record = trace.probe(Windows(), torch.randn(2, 3, 8, 8))
+    made = {op.name: op.results[0] for op in record.root.ops}
+    first = next(op for op in record.root.ops if op.name == "permute").results[0]
+    assert positions(first) == (False, True, True, False)  # B, H, W, C
+    assert positions(made["permute"]) == (False, True, True, True, True, False)  # the windows' permute
+    assert positions(made["view"]) == (False, True, True, True, True, False)
+    assert positions(made["reshape"]) == (True, True, False)
+    assert positions(made["einsum"]) == (True, True, True)
+    assert positions(made["mean"]) == (True, True)
+    assert positions(made["__getitem__"]) == (True, False, True)
+    assert positions(made["mT"]) == (True, True)
