@@ -258,6 +258,7 @@ def noise_model_and_images(config, name, device):
         if spec.imagenet and not config.smoke:
             raise ValueError(f"{name} classifies ImageNet: set `imagenet` to a folder of ImageNet validation images.")
         model = config.pretrained(name, device)
+        data.say_size(spec.sized(model), config.smoke)
         return (model, spec.sized(model), *clean_test_set(config))
     if not spec.imagenet:
         spec = models.imagenet_spec(name)  # the registry's counterpart; other CIFAR models have none: an error
@@ -280,6 +281,7 @@ def run(config, *, progress=True):
         for name in cifar:
             model = config.pretrained(name, device)
             spec = config.spec(name).sized(model)
+            data.say_size(spec, config.smoke)  # the uint8 images are resized batch by batch (`model_input`)
             table = experiment.table(config, "robustness_cifar100c", spec.slug, ("corruption", "severity"),
                                      data=fingerprint, weights=experiment.weights_digest(model))
             corruption_sweep(model, corrupted, images, labels, table, corruptions=names,
