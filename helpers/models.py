@@ -159,7 +159,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def summary(names=NAMES) -> str:
-    """A header, then one line per model: name, official weights (*), parameters, the paper's accuracy, blocks by kind."""
+    """A header, then one line per model: name, official weights (*), parameters, paper's accuracy, blocks by kind."""
     from helpers.blocks import split
 
     lines = [f"{'model':<13} {'official':<8} {'params':>7}  {'paper':>5}  blocks", "-" * 78]

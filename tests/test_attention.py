@@ -193,7 +193,8 @@ class SplitAttention(nn.Module):
     """ResNeSt's split attention, radix 2: a softmax over the two splits gates and sums them."""
     def __init__(self, dim=DIM):
         super().__init__()
-        self.conv, self.fc1, self.fc2 = nn.Conv2d(dim, 2 * dim, 3, padding=1), nn.Conv2d(dim, 8, 1), nn.Conv2d(8, 2 * dim, 1)
+        self.conv = nn.Conv2d(dim, 2 * dim, 3, padding=1)
+        self.fc1, self.fc2 = nn.Conv2d(dim, 8, 1), nn.Conv2d(8, 2 * dim, 1)
 
     def forward(self, x):
         splits = self.conv(x).unflatten(1, (2, DIM))  # B, 2, C, H, W

@@ -44,8 +44,9 @@ FILES = {
             """A classifier whose forward returns what Hugging Face's or a research codebase's does."""
             def __init__(self, num_classes, kind):
                 super().__init__()
-                self.kind, self.net = kind, nn.Sequential(nn.Conv2d(3, 8, 3), Residual(8), Residual(8),
-                                                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+                self.kind = kind
+                self.net = nn.Sequential(nn.Conv2d(3, 8, 3), Residual(8), Residual(8), nn.AdaptiveAvgPool2d(1),
+                                         nn.Flatten(), nn.Linear(8, num_classes))
 
             def forward(self, x):
                 logits = self.net(x)
@@ -62,8 +63,9 @@ FILES = {
 
         def plain(num_classes):
             """No residual branch anywhere: nothing a lesion can remove."""
-            return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
-                                 nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+            return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(8, num_classes))
     ''',
     # a file that imports a module beside it, as a research codebase does
     "uses_sibling.py": '''
@@ -207,7 +209,7 @@ def test_a_hugging_face_classifier_gets_the_figures_classes_and_returns_its_logi
     ("torchvision.models:resnet18(num_classes=100)", "the figure sets num_classes (100 for CIFAR-100); drop it"),
     ("{folder}/missing_import.py:build", "imports 'no_such_package_for_vits', which is neither installed nor beside"),
     ("{folder}/sixty_four.py:undeclared", "does not run on a batch of 2 inputs of 3 x 32 x 32 (the figure's default"),
-    ("torchvision.models:vit_b_16@32", "Give its input size in the specification, e.g. torchvision.models:vit_b_16@224"),
+    ("torchvision.models:vit_b_16@32", "Give its input size in the specification, e.g. torchvision.models:vit_b_16@"),
     ("torchvision.models:vit_b_16(image_size=30)", "could not be built: AssertionError"),
     ("hf:{folder}/no_such_model", "no Hugging Face model"),
     ("resnet_18@0", "the size after @ must be positive"),
