@@ -27,8 +27,8 @@ def main():
     args = parse_args(parser, models=["vit_ti", "resnet_18"], batch_size=4, batches=1)
     device = device_of(args)
 
-    blocks = {name: split(model_of(name, device)) for name in args.models}
-    images = {name: synthetic_batch(b.model, args.batch_size * args.batches)[0].split(args.batch_size)
+    blocks = {name: split(*model_of(name, device)) for name in args.models}
+    images = {name: synthetic_batch(b.spec, args.batch_size * args.batches, device)[0].split(args.batch_size)
               for name, b in blocks.items()}
     batches = [dict(zip(images, batch)) for batch in zip(*images.values())]  # each model's images, at its input size
 

@@ -74,8 +74,8 @@ def main():
           f"alternating rounds; goal for every measurement: ratio <= 1.1")
     ratios, width = {}, max(map(len, args.models))
     for name in args.models:
-        model = model_of(name, device)
-        images, _ = synthetic_batch(model, batch_size)
+        model, spec = model_of(name, device)
+        images, _ = synthetic_batch(spec, batch_size, device)
         results = benchmark(model, images, repeats=args.repeats, warm_up=args.warm_up)
         forward = results.pop("forward")[0]
         print(f"{name:<{width}} forward {forward * 1e3:8.1f} ms   " + "   ".join(

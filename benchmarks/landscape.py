@@ -61,8 +61,8 @@ def main():
     args = parse_args(parser, images=8, batch_size=4, points=2, repeats=1)
     device = device_of(args)
 
-    model = model_of(args.model, device)
-    batches = landscape.augmented_batches(data.synthetic(args.images, spec=model.spec), batch_size=args.batch_size,
+    model, spec = model_of(args.model, device)
+    batches = landscape.augmented_batches(data.synthetic(args.images, spec=spec), batch_size=args.batch_size,
                                           mixup=STRONG.mixup_fn(100), device=device, progress=False)
     exclude = landscape.excluded_parameters(model)  # as `landscape.run` does
     directions = landscape.random_directions(model, exclude=exclude)

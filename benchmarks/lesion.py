@@ -63,8 +63,8 @@ def main():
           f"({torch.get_num_threads()} CPU threads); goal: sweep / (units x bare pass) <= 1.05")
     totals, width = {}, max(map(len, args.models))
     for name in args.models:
-        model = model_of(name, device)
-        images, labels = synthetic_batch(model, batch_size * args.batches)
+        model, spec = model_of(name, device)
+        images, labels = synthetic_batch(spec, batch_size * args.batches, device)
         batches = list(zip(images.split(batch_size), labels.split(batch_size)))
         sweep, bare, ratios = benchmark(model, batches, warm_up=args.warm_up)
         totals[name] = sweep / bare

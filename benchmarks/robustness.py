@@ -39,8 +39,8 @@ def main():
     folder = tempfile.mkdtemp()
     corrupted = data.synthetic_cifar100c(folder, n=args.images, corruptions=("fog",))
     images, labels = corrupted.images("fog", 1), corrupted.labels(1)
-    model = model_of(args.model, device)
-    resident = robustness.model_input(images, device, spec=model.spec)
+    model, spec = model_of(args.model, device)
+    resident = robustness.model_input(images, device, spec=spec)
 
     @torch.inference_mode()
     def bare():
@@ -48,7 +48,7 @@ def main():
             model(resident[start:start + args.batch_size])
 
     def sweep():
-        robustness.evaluate(model, images, labels, batch_size=args.batch_size)
+        robustness.evaluate(model, images, labels, batch_size=args.batch_size, spec=spec)
 
     before = peak_memory_mb(device)
     bare(), sweep()  # warm-up

@@ -56,17 +56,18 @@ def parse_args(parser, **smoke):
 
 
 def model_of(text, device):
-    """The model a specification names (`helpers.models`), with fresh seeded weights, in eval mode on `device`: the
-    one place that reads a name."""
+    """(the model a specification names (`helpers.models`), with fresh seeded weights, in eval mode on `device`; its
+    sized spec): the one place that reads a name."""
     torch.manual_seed(0)
-    return models.resolve(text).build().eval().to(device)
+    spec = models.resolve(text)
+    model = spec.build().eval().to(device)
+    return model, spec.sized(model)
 
 
-def synthetic_batch(model, n, *, seed=0):
-    """`n` synthetic (images, labels) of the input size and normalisation of `model` (from `model_of`), on its
-    device."""
-    device = next(model.parameters()).device
-    images, labels = data.synthetic(n, spec=model.spec, seed=seed).tensors
+def synthetic_batch(spec, n, device, *, seed=0):
+    """`n` synthetic (images, labels) of the input size and normalisation of a sized `spec` (from `model_of`), on
+    `device`."""
+    images, labels = data.synthetic(n, spec=spec, seed=seed).tensors
     return images.to(device), labels.to(device)
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from helpers import data
+from helpers import data, models
 from helpers import train as training
 from helpers.recipes import RECIPES
 from timing import add_device_options, device_of, parse_args, print_ratio, synchronize
@@ -93,7 +93,7 @@ def main():
     recipe = RECIPES[args.recipe]
     torch.manual_seed(0)
     initial = training.build(args.model, recipe, **json.loads(args.model_args)).to(device)
-    train_set = data.synthetic(args.images, spec=initial.spec)
+    train_set = data.synthetic(args.images, spec=models.resolve(args.model).sized(initial))
     sizes = dict(batch_size=args.batch_size, workers=args.workers)
     with tempfile.TemporaryDirectory() as folder:
         runs = {

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from helpers.trace import ADD_OPS, SCALE_OPS, SHAPE_OPS, ancestors, attends, ops_between
+from helpers.attention import attends
+from helpers.trace import ADD_OPS, SCALE_OPS, SHAPE_OPS, ancestors, ops_between
 
 
 @dataclass(eq=False, repr=False)

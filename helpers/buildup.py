@@ -113,7 +113,9 @@ def run(config, *, progress=True):
         raise ValueError("the build-up is sequential (each step depends on the accuracies before it): run it in one "
                          "process; `python -m helpers.train` trains one variant on several GPUs")
     # every variant is an AlterNet of the baseline's registry entry: CIFAR images at their size and normalisation
-    train_set, test_set = train.datasets_of(config, models.resolve(config.baseline, data.NUM_CLASSES[config.dataset]))
+    baseline = models.resolve(config.baseline)
+    spec = baseline.sized(baseline.build(data.NUM_CLASSES[config.dataset]))
+    train_set, test_set = train.datasets_of(config, spec)
     table = experiment.table(config, "buildup", config.baseline, ("layout",), weights=None,
                              data={"train": data.fingerprint(train_set), "test": data.fingerprint(test_set)})
     folder = (config.results_folder() / "smoke" / "buildup" if config.smoke else Path(config.folder)) / table.folder.name

@@ -86,7 +86,7 @@ def pretrained(spec, root="checkpoints", path=None, smoke=False, map_location=No
               "(seeded); give a file in `checkpoints` to analyse trained ones.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same fresh weights in every run and on every torchrun rank
-        model = spec.build(fresh=True)
+        model = spec.build(fresh=smoke)  # a pretrained tag's or Hugging Face's weights unless smoke
     return (model.to(map_location) if map_location is not None else model).eval()
 
 

@@ -206,23 +206,25 @@ class Config(Pretrained):
     workers: int | None = setting(None, "data-loading processes (None: up to 4)", identity=False, smoke=0)
 
 
-def test_images(config):
+def test_images(config, nets):
     """{model: the first `config.examples` CIFAR-100 test images through that model's transform} (synthetic ones
-    when smoke): the same images for every model, each at its own input size and normalisation."""
-    return {name: data.test_images(config.spec(name), config.examples, root=config.data_root, mirror=config.mirror,
+    when smoke): the same images for every model, each at its own input size and normalisation (its split's
+    sized spec, `nets[model].spec`)."""
+    return {name: data.test_images(nets[name].spec, config.examples, root=config.data_root, mirror=config.mirror,
                                    smoke=config.smoke) for name in config.models}
 
 
 def nets(config, device=None):
     """The split models of `config`, by name, on `device`."""
-    return {name: split(config.pretrained(name, device)) for name in config.models}
+    return {name: split(config.pretrained(name, device), config.spec(name)) for name in config.models}
 
 
 def run(config, *, progress=True):
     """This rank's unfinished batches of `config` computed and stored; returns the one `experiment.Outcome`."""
     config = config.resolved()
     device = pick_device()
-    images, models = test_images(config), nets(config, device)
+    models = nets(config, device)
+    images = test_images(config, models)
     count = min(len(i) for i in images.values())
     if count < config.batch_size:
         raise ValueError(f"{count} images make no batch of {config.batch_size}")

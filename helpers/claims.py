@@ -186,7 +186,7 @@ def has_msa(name):
         spec = models.resolve(name.rsplit(" (", 1)[0])
     except ValueError:
         return None
-    return "msa" in split(spec.build(fresh=True)).kinds
+    return "msa" in split(spec.build(fresh=True), spec).kinds
 
 
 def with_msa(names, msa_models=None):

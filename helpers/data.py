@@ -44,11 +44,29 @@ def normalize(name, spec=None):
     return transforms.Normalize(MEAN[name], STD[name])
 
 
+def input_size(spec):
+    """(C, H, W) of a sized `helpers.spec.Spec` (`spec.sized(model)`: the size is decided where the model is built);
+    CIFAR's without one."""
+    if spec is None:
+        return (3, 32, 32)
+    if spec.input_size is None:
+        raise ValueError(f"{spec.text} has no input size yet: give the data its sized spec, spec.sized(model).")
+    return tuple(spec.input_size)
+
+
 def resized(spec):
     """[a resize of the 32 x 32 images to the model's input size] when it is another, else []."""
-    if spec is None or tuple(spec.input_size[1:]) == (32, 32):
+    if tuple(input_size(spec)[1:]) == (32, 32):
         return []
     return [transforms.Resize(tuple(spec.input_size[1:]), interpolation=transforms.InterpolationMode.BICUBIC)]
+
+
+def say_size(spec, smoke=False):
+    """One line when a model runs at another size than the figure's 32 x 32 images."""
+    if tuple(input_size(spec)[1:]) != (32, 32):
+        print(f"Note: {spec.text} runs at {spec.input_size[1]} x {spec.input_size[2]} ({spec.size_origin}); "
+              + ("its synthetic images are drawn at that size." if smoke else
+                 "the figure's 32 x 32 images are resized to it."))
 
 
 def test_transform(name, spec=None):
@@ -163,7 +181,7 @@ def synthetic(n=64, name="cifar100", *, seed=0, spec=None):
     """`n` random images of a model's input size (`spec`; default 32 x 32), normalised like its inputs, with random
     labels of `name`'s classes; no download."""
     generator = torch.Generator().manual_seed(seed)
-    size = tuple(spec.input_size) if spec is not None else (3, 32, 32)
+    size = input_size(spec)
     pixels = torch.randint(0, 256, (n, *size), generator=generator, dtype=torch.uint8)
     labels = torch.randint(0, NUM_CLASSES[name], (n,), generator=generator)
     return TensorDataset(normalize(name, spec)(pixels / 255), labels)
@@ -177,7 +195,9 @@ def synthetic_pixels(n, name="cifar100", *, seed=0):
 
 def test_images(spec, n=None, *, root="data", mirror=None, smoke=False, name="cifar100", seed=0):
     """The first `n` test images of `name` (all when None) through `spec`'s test transform, or `n` synthetic ones of
-    its size for a smoke run (drawn from `seed`): the test set of every figure and of training."""
+    its size for a smoke run (drawn from `seed`): the test set of every figure and of training. `spec` is sized
+    (`spec.sized(model)`)."""
+    say_size(spec, smoke)
     if smoke:
         return synthetic(n or 8, name, seed=seed, spec=spec)
     test_set = dataset(name, root, train=False, transform=test_transform(name, spec), mirror=mirror)
@@ -197,6 +217,7 @@ def training_set(config, transform, name="cifar100", spec=None):
     """The training split of `name` with `transform`, the first `config.images` of a shuffle seeded by
     `config.seed` (synthetic images of `spec`'s size when `config.smoke`): what every experiment trains or measures on.
     `config` is an experiment config (smoke, images, seed, data_root, mirror)."""
+    say_size(spec, config.smoke)
     if config.smoke:
         return synthetic(config.images, name, seed=config.seed, spec=spec)
     dataset_ = dataset(name, config.data_root, train=True, transform=transform, mirror=config.mirror)

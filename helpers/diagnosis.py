@@ -66,8 +66,8 @@ class Config(Experiment):
         return list(dict.fromkeys([REFERENCES[0], self.model, REFERENCES[1]]))
 
     def spec(self, name):
-        """The resolved `helpers.models.Spec` of one of `names()`, with the 100 CIFAR-100 classes."""
-        return models.resolve(name, num_classes=100)
+        """The resolved `helpers.models.Spec` of one of `names()` (built with the 100 CIFAR-100 classes)."""
+        return models.resolve(name)
 
     def pretrained(self, name, device=None):
         """One of `names()` with its weights (see `experiment.Pretrained.pretrained`), in eval mode on `device`."""

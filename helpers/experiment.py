@@ -98,7 +98,8 @@ class Experiment:
 class Pretrained(Experiment):
     """The settings of a figure of pretrained models: which ones, and where their weights come from."""
     models: list[str] = setting(["resnet_50", "vit_ti"], "model specifications: registry names (python -m "
-                                "helpers.models lists them), timm:NAME, file.py:FUNCTION", identity=False)
+                                "helpers.models lists them), timm:NAME, hf:ID, file.py:FUNCTION, each with an "
+                                "optional @SIZE", identity=False)
     checkpoints: dict[str, str] = setting({}, "model name -> checkpoint file to use instead of the official weights "
                                           "(e.g. a trained AlterNet)", identity=False)
     checkpoint_root: str = setting("checkpoints", "folder of the official checkpoints (downloaded there on first use)",
@@ -117,8 +118,9 @@ class Pretrained(Experiment):
         return self.models + [name for name in self.checkpoints if name not in self.models]
 
     def spec(self, name):
-        """The resolved `helpers.models.Spec` of a specification, with the figure's 100 CIFAR-100 classes."""
-        return models.resolve(name, num_classes=100)
+        """The resolved `helpers.models.Spec` of a specification (the figure builds it with CIFAR-100's 100 classes;
+        `spec.sized(model)` gives the size the built model runs at)."""
+        return models.resolve(name)
 
     def pretrained(self, name, device=None):
         """The model `name` names with its weights: the file of `checkpoints`, else official (downloaded, mirror

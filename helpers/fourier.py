@@ -25,6 +25,8 @@ The mean of log amplitudes over images is linear, so `spectra` accumulates it ba
 the one-big-batch result. `imagenet_images` (at the end) and `helpers.models.imagenet_spec` are the authors' own
 setting: timm's ImageNet-pretrained models on ImageNet validation images.
 """
+import math
+
 import pandas as pd
 import torch
 
@@ -136,6 +138,16 @@ def relative_log_amplitudes(blocks, spectra):
 def highest_frequency(table):
     """Fig. 8: each block's row at its last (highest) frequency, from `relative_log_amplitudes`."""
     return table.sort_values(["block", "entry"]).groupby("block", as_index=False).last()
+
+
+def note_too_small(blocks):
+    """Print one line when no block's map is large enough for a frequency above zero (2 x 2 or smaller): the Fourier
+    panels of that model would be empty."""
+    sides = [math.isqrt(block.size) for block in blocks.layers]
+    if sides and max(sides) < 3:
+        name = blocks.spec.text if blocks.spec is not None else type(blocks.model).__name__
+        print(f"Note: {name}'s largest feature map is {max(sides)} x {max(sides)}: the Fourier panels have no "
+              "frequency above 0 to show; give it a larger input (see helpers.models: NAME@SIZE).")
 
 
 # The authors' own setting: ImageNet-pretrained timm models on ImageNet validation images (needs the hub)

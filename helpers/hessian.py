@@ -318,11 +318,11 @@ def run(config, *, progress=True):
         if spec.imagenet:
             raise ValueError(f"{spec.name} classifies ImageNet's 1,000 classes: the Hessian is of the CIFAR-100 "
                              "training loss; give a CIFAR model (a registry name, timm:NAME or your own file).")
-        # the training images at this model's input size and normalisation
+        model = config.pretrained(name, device)
+        spec = spec.sized(model)  # the training images at this model's input size and normalisation
         dataset = data.training_set(config, STRONG.train_transform("cifar100", spec), spec=spec)
         units = [{"weight_decay": wd, "batch": b} for wd in config.weight_decays for b in range(len(
             batch_indices(dataset, batch_size=config.batch_size, fraction=config.fraction, seed=config.seed)))]
-        model = config.pretrained(name, device)
         table = experiment.table(config, "hessian", spec.slug, ("weight_decay", "batch"),
                                  data=data.fingerprint(dataset), weights=experiment.weights_digest(model))
         spectra(model, dataset, table, weight_decays=config.weight_decays, batch_size=config.batch_size,

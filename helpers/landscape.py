@@ -40,7 +40,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from helpers import data, experiment, losses, models, trace
-from helpers.blocks import probe_size
+from helpers.spec import Spec
 from helpers.common import evaluating, file_digest, pick_device, seeded
 from helpers.download import download, source
 from helpers.experiment import Pretrained, positive, setting
@@ -86,7 +86,8 @@ def excluded_parameters(model, inputs=None):
     pass on `inputs` (default: random ones of the model's input size; a table added to the activations: a learned
     position embedding, a bias table, Swin V2's position MLP)."""
     device = next(model.parameters()).device
-    inputs = torch.randn(2, *probe_size(model), device=device) if inputs is None else inputs[:2].to(device)
+    size = Spec.of(model).sized(model).input_size  # the model's own, else CIFAR's
+    inputs = torch.randn(2, *size, device=device) if inputs is None else inputs[:2].to(device)
     try:
         probe = trace.probe(model, inputs)
     except Exception as error:
@@ -338,6 +339,8 @@ def run(config, *, progress=True):
         spec = config.spec(name)
         if spec.imagenet:
             raise ValueError(f"{name} classifies ImageNet: the landscape is of a CIFAR-100 loss; give a CIFAR model.")
+        model = config.pretrained(name, device)
+        spec = spec.sized(model)
         dataset = data.training_set(config, STRONG.train_transform("cifar100", spec), spec=spec)
         augmented = []
 
@@ -348,8 +351,7 @@ def run(config, *, progress=True):
                                                    workers=config.workers, progress=progress))
             return augmented
 
-        model = config.pretrained(name, device)
-        exclude = excluded_parameters(model)
+        exclude = excluded_parameters(model, torch.randn(2, *spec.input_size))
         directions = random_directions(model, seed=config.seed, normalization=config.normalization, exclude=exclude)
         weights = {"model": experiment.weights_digest(model), "directions": directions_digest(directions)}
         table = experiment.table(config, "landscape", spec.slug, ("x", "y"), data=data.fingerprint(dataset),

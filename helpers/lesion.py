@@ -91,12 +91,15 @@ def run(config, *, progress=True):
     config = config.resolved()
     device, outcomes = pick_device(), []
     for name in config.names():
-        spec = config.spec(name)
+        blocks = split(config.pretrained(name, device), config.spec(name))
+        spec = blocks.spec  # sized: the images at the size the model runs at
         images, batches = evaluation_batches(config, spec, device)
-        blocks = split(config.pretrained(name, device))
         table = experiment.table(config, "lesion", spec.slug, ("block",), data=data.fingerprint(images),
                                  weights=experiment.weights_digest(blocks))
         units = [{"block": INTACT}] + [{"block": unit["block"]} for unit in lesions(blocks)]
+        if len(units) == 1:
+            print(f"Note: {spec.text} has no removable block (none is a residual branch): the lesion study has nothing "
+                  "to remove and measures the intact model only.")
 
         def compute(unit, blocks=blocks, batches=batches):
             removed = None if unit["block"] == INTACT else unit["block"]

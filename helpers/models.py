@@ -11,34 +11,35 @@ A model is named everywhere (figure settings, command lines, `create`) by a spec
   is a ViT for CIFAR images;
 - `timm:NAME.TAG` (a pretrained tag, `timm:convnext_tiny.fb_in1k`): timm's ImageNet weights from its hub, with
   timm's own data config (input size, crop, mean and std) and its 1,000 classes;
-- `MODULE:FUNCTION` or `path/to/file.py:FUNCTION` (keywords in parentheses too): your own code, called as
-  `FUNCTION(num_classes=..., **keywords)`. The model may say its input size with an attribute `input_size`
-  (C, H, W; default 3 x 32 x 32) and its blocks with `analysis_blocks` (see `helpers.blocks`).
+- `hf:ID_OR_FOLDER`: a Hugging Face image classifier (`AutoModelForImageClassification`), from the hub or from a
+  folder saved with `save_pretrained`, with its weights and a new classifier for the figure's classes (needs
+  `pip install transformers`);
+- `MODULE:FUNCTION` or `path/to/file.py:FUNCTION` (keywords in parentheses too): your own code, torchvision's
+  included (`torchvision.models:resnet18`), called as `FUNCTION(num_classes=..., **keywords)`. The model may say
+  its input size with an attribute `input_size` (C, H, W) and its blocks with `analysis_blocks` (`helpers.blocks`).
 
-`resolve(text)` parses a specification once into a `Spec`, which carries everything below it needs: how to build
-the model, its input size and normalisation, its classes, its official weights (registry entry) and plot style.
+Any of them may end with an input size, `@224` or `@224x160` (height x width): `torchvision.models:vit_b_16@224`.
+Where none is given the model's own is used, else the figure's 32 x 32 (`helpers.spec` says in which order).
+
+`resolve(text)` parses a specification once into a `Spec` (`helpers.spec`), which carries everything below it needs:
+how to build the model (`spec.build(num_classes=...)`), its normalisation, its official weights (registry entry)
+and plot style; `spec.sized(model)` adds the input size its built model runs at.
 """
-import ast
 import difflib
-import hashlib
-import importlib
-import importlib.util
-import re
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
-from functools import lru_cache, partial
-from pathlib import Path
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable
-
-import torch
 
 import torch.nn as nn
 from timm.models.pit import PoolingVisionTransformer
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
-from helpers import alternet, resnet
+from helpers import alternet, resnet, sources
+from helpers import spec as spec_module
+from helpers.spec import STYLES, Spec, SpecificationError, style_of  # noqa: F401  (the names every caller uses)
 
 # Release v0.1 of the authors' storage repository, and their published landscape grids at a pinned commit
 CHECKPOINT_URL = "https://github.com/xxxnell/how-do-vits-work-storage/releases/download/v0.1/"
@@ -103,192 +104,27 @@ REGISTRY = {
 NAMES = tuple(REGISTRY)
 PAPER_NAMES = ("resnet_50", "alternet_50", "vit_ti", "pit_ti", "swin_ti")  # the five models of the figures
 OFFICIAL = tuple(name for name, entry in REGISTRY.items() if entry.file)  # those with published weights
-CIFAR_SIZE = (3, 32, 32)
-TIMM = "timm:"
-
-# (marker, colour) per registry family: the authors' diamonds for ResNet and circles for ViT, then ours; other
-# models get one of the others, always the same for the same specification
-STYLES = {"resnet": ("D", "tab:blue"), "vit": ("o", "tab:red"), "pit": ("s", "tab:green"),
-          "swin": ("^", "tab:purple"), "alternet": ("v", "tab:orange")}
-OTHER_MARKERS = ("P", "X", "*", "h", "p", "<", ">", "d")
-OTHER_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "black", "gold", "teal")
+CIFAR_SIZE = spec_module.CIFAR_SIZE
 
 
-def style_of(text):
-    """The (marker, colour) of a model outside the registry: one of the others, the same for the same text."""
-    digest = int(hashlib.sha256(text.encode()).hexdigest(), 16)
-    return OTHER_MARKERS[digest % len(OTHER_MARKERS)], OTHER_COLORS[digest // 7 % len(OTHER_COLORS)]
-
-
-class SpecificationError(ValueError):
-    """A model specification that names nothing buildable; the message says what is wrong and what to do."""
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A model specification resolved once (see the module docstring)."""
-    text: str                      # as the user wrote it: the model's name in tables, legends and titles
-    source: str                    # "registry", "timm" or "code"
-    builder: Callable = field(repr=False)  # (num_classes, **keywords) -> a model with fresh weights
-    keywords: tuple = ()           # (name, value) pairs given in parentheses
-    input_size: tuple = CIFAR_SIZE  # C, H, W
-    mean: tuple | None = None      # normalisation; None: the dataset's (the authors' CIFAR mean and std)
-    std: tuple | None = None
-    num_classes: int = 100
-    entry: Entry | None = None     # the registry's facts (official weights, paper accuracy, ...)
-    pretrained: bool = False       # timm's ImageNet weights from its hub
-    data_config: dict | None = field(default=None, hash=False, compare=False)  # timm's, for ImageNet images
-
-    @property
-    def name(self):
-        return self.text
-
-    @property
-    def slug(self):
-        """The specification as a file name: `timm-vit_tiny_patch16_224-img_size=32`, `mynet.py-build`."""
-        text = self.text if self.source != "code" else self.text.replace("\\", "/").rsplit("/", 1)[-1]
-        return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", text.replace(":", "-")).strip("-")
-
-    @property
-    def imagenet(self):
-        """Whether the model is an ImageNet classifier (timm's pretrained weights), not a CIFAR one."""
-        return self.pretrained
-
-    @property
-    def style(self):
-        """(marker, colour) of its lines and points."""
-        return STYLES[self.entry.family] if self.entry is not None else style_of(self.text)
-
-    def build(self, *, fresh=False, **keywords):
-        """The model, carrying this spec as `.spec`: with fresh weights, or timm's hub weights for a pretrained tag
-        unless `fresh`."""
-        kw = {**dict(self.keywords), **keywords}
-        if self.source == "timm":
-            kw["pretrained"] = self.pretrained and not fresh
-        if self.entry is not None and "sd" in kw and self.entry.family in ("vit", "pit", "swin"):
-            kw["drop_path_rate"] = kw.pop("sd")  # one name for stochastic depth across families
-        try:
-            model = self.builder(num_classes=self.num_classes, **kw)
-        except TypeError as error:
-            if not self.keywords or "argument" not in str(error):
-                raise
-            raise SpecificationError(f"{self.text}: {error}; give only keywords its builder takes.") from error
-        if not isinstance(model, torch.nn.Module):
-            raise SpecificationError(f"{self.text} returned a {type(model).__name__}, not a torch.nn.Module.")
-        model.spec = self
-        return model
-
-
-def resolve(spec, num_classes=100):
+def resolve(spec: "str | Spec") -> Spec:
     """The `Spec` of a specification (a `Spec` passes through); a `SpecificationError` says what is wrong."""
     if isinstance(spec, Spec):
         return spec
     text = str(spec).strip()
-    target, keywords = parse_keywords(text)
-    if target.startswith(TIMM):
-        return timm_spec(text, target[len(TIMM):], keywords, num_classes)
+    target, keywords, size = sources.parse(text)
+    if target.startswith(sources.TIMM):
+        return sources.timm_spec(text, target[len(sources.TIMM):], keywords, size)
+    if target.startswith(sources.HF):
+        return sources.hf_spec(text, target[len(sources.HF):], keywords, size)
     if ":" in target:
-        return code_spec(text, target, keywords, num_classes)
+        return sources.code_spec(text, target, keywords, size)
     if target not in REGISTRY:
         close = difflib.get_close_matches(target, NAMES, n=3)
         raise SpecificationError(f"Unknown model {target!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
-                                 + f"; choose one of: {', '.join(NAMES)}, or timm:NAME, or your_file.py:FUNCTION.")
-    return Spec(text, "registry", REGISTRY[target].builder, keywords, num_classes=num_classes,
-                entry=REGISTRY[target])
-
-
-def parse_keywords(text):
-    """("target", ((name, value), ...)) of `target(name=value, ...)`; values are Python literals."""
-    match = re.fullmatch(r"\s*([^()\s]+)\s*(?:\((.*)\))?\s*", text, flags=re.S)
-    if not match:
-        raise SpecificationError(f"{text!r} is not a model specification: write NAME, timm:NAME or FILE.py:FUNCTION, "
-                                 "optionally with keywords in parentheses: timm:NAME(img_size=32)")
-    target, arguments = match.groups()
-    if not arguments:
-        return target, ()
-    try:
-        call = ast.parse(f"f({arguments})", mode="eval").body
-        if call.args:
-            raise ValueError("positional arguments")
-        return target, tuple((k.arg, ast.literal_eval(k.value)) for k in call.keywords)
-    except (SyntaxError, ValueError) as error:
-        raise SpecificationError(f"The keywords of {text!r} must be name=value pairs of Python literals, as in "
-                                 f"timm:NAME(img_size=32, patch_size=4) ({error}).") from None
-
-
-def timm_spec(text, name, keywords, num_classes):
-    import timm
-    from timm.data import resolve_data_config
-
-    architecture, tag = timm.models.split_model_name_tag(name)
-    if not timm.is_model(architecture):
-        close = difflib.get_close_matches(architecture, timm.list_models(), n=5)
-        raise SpecificationError(f"timm has no model {architecture!r}" + (f"; close: {', '.join(close)}" if close
-                                 else "") + " (timm.list_models('*pattern*') lists them).")
-    if tag and name not in timm.list_pretrained(f"{architecture}.*"):
-        raise SpecificationError(f"timm has no pretrained weights {name!r}; it has: "
-                                 f"{', '.join(timm.list_pretrained(f'{architecture}.*')[:8]) or 'none'}.")
-    config = timm.models.get_pretrained_cfg(name) or timm.models.get_pretrained_cfg(architecture)
-    size = dict(keywords).get("img_size")
-    input_size = (3, size, size) if isinstance(size, int) else (3, *size) if size else tuple(config.input_size)
-    builder = partial(timm.create_model, name)
-    if not tag:
-        return Spec(text, "timm", builder, keywords, input_size, num_classes=num_classes)
-    data_config = resolve_data_config(config.to_dict())
-    return Spec(text, "timm", builder, keywords, tuple(data_config["input_size"]), tuple(data_config["mean"]),
-                tuple(data_config["std"]), config.num_classes or 1000, pretrained=True, data_config=data_config)
-
-
-def code_spec(text, target, keywords, num_classes):
-    """Your own builder: `path/to/file.py:FUNCTION` (relative to the working folder) or `package.module:FUNCTION`."""
-    location, _, function = target.rpartition(":")
-    if location.endswith(".py"):
-        path = Path(location).expanduser()
-        if not path.is_file():
-            raise SpecificationError(f"{text}: there is no file {path.resolve()}.")
-        module = file_module(path.resolve(), path.stat().st_mtime_ns)
-    else:
-        try:
-            module = importlib.import_module(location)
-        except ModuleNotFoundError as error:
-            raise SpecificationError(f"{text}: no module named {error.name!r} can be imported (is it on the path? a "
-                                     f"file is written path/to/file.py:{function}).") from error
-    builder = getattr(module, function, None)
-    if not callable(builder):
-        defined = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
-                   and getattr(v, "__module__", None) == module.__name__]
-        raise SpecificationError(f"{text}: {location} has no function {function!r}; it defines: "
-                                 f"{', '.join(defined) or 'nothing callable'}.")
-    input_size = tuple(getattr(builder, "input_size", CIFAR_SIZE))
-    return Spec(text, "code", checked(builder, text), keywords, input_size, num_classes=num_classes)
-
-
-@lru_cache(maxsize=None)
-def file_module(path, modified):
-    """The module of a Python file, run once per version of the file (`modified`: its mtime): a specification is
-    resolved wherever a model is named, and a file's classes keep one identity."""
-    module_spec = importlib.util.spec_from_file_location(f"vits_user_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_spec.name] = module
-    module_spec.loader.exec_module(module)
-    return module
-
-
-def checked(builder, text):
-    """`builder`, whose model must map a batch of its input size to (batch, num_classes) logits."""
-    def build(num_classes, **keywords):
-        model = builder(num_classes=num_classes, **keywords)
-        size = tuple(getattr(model, "input_size", getattr(builder, "input_size", CIFAR_SIZE)))
-        with torch.no_grad():
-            was_training = model.training
-            output = model.eval()(torch.zeros(2, *size, device=next(iter(model.parameters()), torch.empty(0)).device))
-            model.train(was_training)
-        if not torch.is_tensor(output) or tuple(output.shape) != (2, num_classes):
-            shape = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
-            raise SpecificationError(f"{text} returns {shape} for a batch of 2 images of {size}; a classifier for "
-                                     f"this figure returns (batch, classes) = (2, {num_classes}).")
-        return model
-    return build
+                                 + f"; choose one of: {', '.join(NAMES)}, or timm:NAME, hf:ID, or "
+                                 "your_file.py:FUNCTION.")
+    return Spec(text, "registry", REGISTRY[target].builder, keywords, size, entry=REGISTRY[target])
 
 
 def entry(name):
@@ -299,10 +135,10 @@ def entry(name):
     return spec.entry
 
 
-def create(name, num_classes=100, **kw):
+def create(name: str, num_classes: int = 100, **kw) -> nn.Module:
     """Build the model a specification names, with fresh weights (see the module docstring); `kw` goes to the builder
     (e.g. `sd=0.1`, stochastic depth, for the registry's models)."""
-    return resolve(name, num_classes).build(**kw)
+    return resolve(name).build(num_classes, **kw)
 
 
 def imagenet_spec(name):
@@ -315,22 +151,22 @@ def imagenet_spec(name):
         having = [n for n, e in REGISTRY.items() if e.imagenet]
         raise SpecificationError(f"No ImageNet-pretrained timm model stands for {name!r}; choose one of: "
                                  f"{', '.join(having)}.")
-    return resolve(f"{TIMM}{counterpart}.{timm.models.get_pretrained_cfg(counterpart).tag}")
+    return resolve(f"{sources.TIMM}{counterpart}.{timm.models.get_pretrained_cfg(counterpart).tag}")
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def summary(names=NAMES):
-    """A header, then one line per model: name, official weights (*), parameters, the paper's accuracy, blocks by kind."""
+def summary(names=NAMES) -> str:
+    """A header, then one line per model: name, official weights (*), parameters, paper's accuracy, blocks by kind."""
     from helpers.blocks import split
 
     lines = [f"{'model':<13} {'official':<8} {'params':>7}  {'paper':>5}  blocks", "-" * 78]
     for name in names:
         spec = resolve(name)
         model = spec.build()
-        kinds = Counter(block.kind for block in split(model))
+        kinds = Counter(block.kind for block in split(model, spec))
         counts = " ".join(f"{kind}:{n}" for kind, n in kinds.items())
         official = spec.entry is not None and spec.entry.file
         accuracy = f"{spec.entry.paper_accuracy:5.1f}" if spec.entry and spec.entry.paper_accuracy else "    -"
@@ -340,12 +176,40 @@ def summary(names=NAMES):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    """`python -m helpers.models [SPEC ...]`: the registry, or the models named."""
+def describe(text: str) -> str:
+    """How a specification splits: its input size and where it comes from, then one line per block (kind, map,
+    whether the lesion study can remove it, name), then the blocks by kind. Notes on the way (a stage that collapses
+    at that size, logits taken from a `ModelOutput`) are printed as they arise."""
+    import torch
+
+    from helpers.blocks import split
+
+    spec = resolve(text)
+    model = spec.build(fresh=True).eval()  # the structure only: nothing downloaded
+    blocks = split(model, spec)
+    sized = blocks.spec
+    with torch.no_grad():
+        maps = blocks.feature_maps(torch.zeros(1, *sized.input_size))
+    size = " x ".join(map(str, sized.input_size))
+    lines = [f"{spec.text}: {count_parameters(model) / 1e6:.2f}M parameters, input {size} ({sized.size_origin})"
+             + (", analysed at stage level" if blocks.stage_level else ""),
+             f"{'':>3}  {'kind':<5} {'map (C x H x W)':<17} {'removable':<9}  block"]
+    for i, block in enumerate(blocks):
+        shape = " x ".join(map(str, maps[i].shape[1:])) if i < len(maps) else "logits"
+        lines.append(f"{i:>3}  {block.kind:<5} {shape:<17} {'yes' if block.removable else '':<9}  {block.name}")
+    kinds = Counter(blocks.kinds)
+    lines.append("blocks: " + ", ".join(f"{kind} {n}" for kind, n in kinds.items()) +
+                 f"; removable: {sum(block.removable for block in blocks)}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """`python -m helpers.models [SPEC ...]`: the registry, or how each specification named splits."""
     names = sys.argv[1:] if argv is None else argv
     try:
-        print(summary(names or NAMES))
-    except SpecificationError as error:
+        for text in names or [None]:
+            print(summary(NAMES) if text is None else describe(text) + "\n", flush=True)
+    except ValueError as error:  # a SpecificationError, or a model the rule cannot read
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -89,10 +89,9 @@ def evaluate(model, images, labels, *, batch_size=500, perturb=None, bins=BINS, 
     (uint8 images, normalised tensors) or a dataset of (normalised image, label) pairs, e.g. `data.imagenet_images`.
 
     `perturb(inputs, start)` may change each normalised batch (`start`: index of its first image) before the
-    model sees it. `spec` (default: the model's own, `model.spec`) sets the input size and normalisation of uint8
-    images. The model is evaluated in eval mode and left in the mode it was in.
+    model sees it. `spec` (the model's sized `helpers.spec.Spec`; None: CIFAR's 32 x 32 and normalisation) sets the
+    input size and normalisation of uint8 images. The model is evaluated in eval mode and left in the mode it was in.
     """
-    spec = spec if spec is not None else getattr(model, "spec", None)
     device = next(model.parameters()).device
     labels = labels.long() if torch.is_tensor(labels) else torch.tensor(np.array(labels), dtype=torch.long)
     if len(images) != len(labels):
@@ -119,7 +118,7 @@ def _frame(table, units):
 # --- CIFAR-100-C -------------------------------------------------------------------------------------------------
 
 def corruption_sweep(model, corrupted, clean_images, clean_labels, table, *, corruptions=data.ALL_CORRUPTIONS,
-                     severities=data.SEVERITIES, batch_size=500, bins=BINS, progress=True):
+                     severities=data.SEVERITIES, batch_size=500, bins=BINS, progress=True, spec=None):
     """Evaluate `model` on the clean test set (corruption "clean", severity 0) and on every corruption x severity of
     `corrupted` (a `data.CorruptedCIFAR`), one row each in `table` (a `helpers.sweep.Table` keyed by corruption and
     severity). Finished rows are skipped; under `torchrun` this rank does its share. Returns the rows so far."""
@@ -131,7 +130,7 @@ def corruption_sweep(model, corrupted, clean_images, clean_labels, table, *, cor
             images, labels = clean_images, clean_labels
         else:
             images, labels = corrupted.images(unit["corruption"], unit["severity"]), corrupted.labels(unit["severity"])
-        return _row(unit, evaluate(model, images, labels, batch_size=batch_size, bins=bins))
+        return _row(unit, evaluate(model, images, labels, batch_size=batch_size, bins=bins, spec=spec))
 
     fill(table, units, compute, desc=f"CIFAR-100-C {table.folder.name}", progress=progress)
     return _frame(table, units)
@@ -159,7 +158,7 @@ def _noise_seed(seed, frequency, start):
 
 
 def frequency_noise_sweep(model, images, labels, table, *, band="authors", frequencies=FREQUENCIES, epsilon=EPSILON,
-                          bandwidth=BANDWIDTH, seed=0, batch_size=500, bins=BINS, progress=True):
+                          bandwidth=BANDWIDTH, seed=0, batch_size=500, bins=BINS, progress=True, spec=None):
     """Evaluate `model` on `images` (anything `evaluate` takes, e.g. `data.imagenet_images`) with `band`'s noise at
     each of `frequencies` (units of pi) added (rows epsilon, frequency) and without (the row epsilon = 0, frequency
     = 0), one row each in `table` (keyed by epsilon and frequency); returns the rows so far.
@@ -178,7 +177,8 @@ def frequency_noise_sweep(model, images, labels, table, *, band="authors", frequ
             generator = torch.Generator(inputs.device).manual_seed(_noise_seed(seed, unit["frequency"], start))
             return inputs + band_limited_noise(inputs.shape, unit["frequency"], band=band, epsilon=unit["epsilon"],
                                                bandwidth=bandwidth, generator=generator, device=inputs.device)
-        return _row(unit, evaluate(model, images, labels, batch_size=batch_size, perturb=perturb, bins=bins))
+        return _row(unit, evaluate(model, images, labels, batch_size=batch_size, perturb=perturb, bins=bins,
+                                   spec=spec))
 
     fill(table, units, compute, desc=f"noise {table.folder.name}", progress=progress)
     return _frame(table, units)
@@ -250,19 +250,21 @@ def corrupted_set(config):
 
 
 def noise_model_and_images(config, name, device):
-    """(model, images, labels) of the noise sweep: a CIFAR model and the clean CIFAR-100 test set; with `imagenet`, an
-    ImageNet model (a pretrained timm tag, or timm's counterpart of a registry model) and that folder's first
-    `images` images through its own transform."""
+    """(model, its sized spec, images, labels) of the noise sweep: a CIFAR model and the clean CIFAR-100 test set;
+    with `imagenet`, an ImageNet model (a pretrained timm tag, or timm's counterpart of a registry model) and that
+    folder's first `images` images through its own transform."""
     spec = config.spec(name)
     if config.imagenet is None or config.smoke:
         if spec.imagenet and not config.smoke:
             raise ValueError(f"{name} classifies ImageNet: set `imagenet` to a folder of ImageNet validation images.")
-        return (config.pretrained(name, device), *clean_test_set(config))
+        model = config.pretrained(name, device)
+        data.say_size(spec.sized(model), config.smoke)
+        return (model, spec.sized(model), *clean_test_set(config))
     if not spec.imagenet:
         spec = models.imagenet_spec(name)  # the registry's counterpart; other CIFAR models have none: an error
     model = checkpoints.pretrained(spec, map_location=device)  # timm's hub weights
     images = data.imagenet_images(config.imagenet, model, config.images)
-    return model, images, images.labels
+    return model, spec.sized(model), images, images.labels
 
 
 def run(config, *, progress=True):
@@ -278,20 +280,22 @@ def run(config, *, progress=True):
         names = [c for c in config.corruptions or data.ALL_CORRUPTIONS if c in corrupted.corruptions]
         for name in cifar:
             model = config.pretrained(name, device)
-            table = experiment.table(config, "robustness_cifar100c", config.spec(name).slug, ("corruption", "severity"),
+            spec = config.spec(name).sized(model)
+            data.say_size(spec, config.smoke)  # the uint8 images are resized batch by batch (`model_input`)
+            table = experiment.table(config, "robustness_cifar100c", spec.slug, ("corruption", "severity"),
                                      data=fingerprint, weights=experiment.weights_digest(model))
             corruption_sweep(model, corrupted, images, labels, table, corruptions=names,
-                             batch_size=config.batch_size, progress=progress)
+                             batch_size=config.batch_size, progress=progress, spec=spec)
             outcomes.append(experiment.Outcome(f"corruptions {name}", table, corruption_units(names)))
     if "noise" in config.sweeps:
         for name in config.models:
-            model, images, labels = noise_model_and_images(config, name, device)
-            table = experiment.table(config, "robustness_noise", model.spec.slug + ("_imagenet" if config.imagenet
+            model, spec, images, labels = noise_model_and_images(config, name, device)
+            table = experiment.table(config, "robustness_noise", spec.slug + ("_imagenet" if config.imagenet
                                      else ""), ("epsilon", "frequency"), data=identity(images, labels),
                                      weights=experiment.weights_digest(model))
             frequency_noise_sweep(model, images, labels, table, band=config.band, frequencies=config.frequencies,
                                   epsilon=config.epsilon, seed=config.seed, batch_size=config.batch_size,
-                                  progress=progress)
+                                  progress=progress, spec=spec)
             units = [{"epsilon": 0.0, "frequency": 0.0}] + [{"epsilon": config.epsilon, "frequency": f}
                                                            for f in config.frequencies]
             outcomes.append(experiment.Outcome(f"noise {name}", table, units))

@@ -1,5 +1,5 @@
-"""One probe forward pass that records what a model computes, for the rules in `helpers.blocks` (what is a residual
-branch, what attends) and `helpers.landscape` (which parameters are position embeddings).
+"""One probe forward pass that records what a model computes, for the rules in `helpers.anatomy` (what is a residual
+branch), `helpers.attention` (what attends) and `helpers.landscape` (which parameters are position embeddings).
 
 `probe(model, x)` runs `model(x)` once in eval mode with a forward pre-hook and hook on every module and a
 `TorchFunctionMode` that sees every tensor operation, and returns a `Trace`:
@@ -22,10 +22,15 @@ from torch.overrides import TorchFunctionMode
 # Operations that only move or rescale a value: a zero stays a zero through them (a residual branch's output may
 # pass through them on its way to the add), and they change no spatial mixing.
 SHAPE_OPS = {"view", "reshape", "permute", "transpose", "flatten", "unflatten", "contiguous", "squeeze", "unsqueeze",
-             "__getitem__", "expand", "view_as", "reshape_as", "movedim", "clone", "to", "type_as", "float"}
+             "__getitem__", "expand", "view_as", "reshape_as", "movedim", "clone", "to", "type_as", "float",
+             "T", "mT", "H", "mH", "data"}
 SCALE_OPS = {"mul", "__mul__", "__rmul__", "mul_", "div", "__truediv__", "div_"}
 ADD_OPS = {"add", "__add__", "__radd__", "add_", "__iadd__"}
-PRODUCT_OPS = {"matmul", "__matmul__", "__rmatmul__", "bmm", "einsum", "baddbmm"}
+PRODUCT_OPS = {"matmul", "__matmul__", "__rmatmul__", "bmm", "mm", "einsum", "baddbmm"}
+# Tensor properties that are operations (`k.mT`): recorded under their own names; other properties are not operations
+PROPERTIES = {"T", "mT", "H", "mH", "data"}
+# One call that is a whole attention (its internals are not seen): `nn.MultiheadAttention`'s and PyTorch's fused ones
+ATTENTION_OPS = {"scaled_dot_product_attention", "multi_head_attention_forward", "_native_multi_head_attention"}
 
 
 @dataclass(eq=False, repr=False)
@@ -50,6 +55,7 @@ class Op:
     order: int
     module_weight: bool = False   # a convolution/linear kernel from a parameter (a "weight layer")
     spatial: bool = False         # mixes neighbouring positions: a convolution wider than 1, a pooling window
+    arguments: tuple = ((), {})   # the call's (args, kwargs), for the dimensions an operation works on
 
     def __repr__(self):
         return f"Op({self.name} in {self.call})"
@@ -143,13 +149,16 @@ class Trace(TorchFunctionMode):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
+        if name == "__get__":  # a property: `k.mT` is a transpose, `x.shape` no operation
+            name = getattr(getattr(func, "__self__", None), "__name__", "")
+            name = name if name in PROPERTIES else "__get__"
         if name in ("__get__", "__set__") or not self.stack:
             return result
         results = tensors_in(result)
         if not results:
             return result
         operands = [self.value(t) for t in tensors_in((args, kwargs))]
-        op = Op(name, operands, [], self.stack[-1], next(self.counter))
+        op = Op(name, operands, [], self.stack[-1], next(self.counter), arguments=(args, kwargs))
         activation = any(v.activation for v in operands)
         inputs = {id(t) for t in tensors_in((args, kwargs))}
         for tensor in results:
@@ -176,7 +185,7 @@ def weight_and_spatial(name, args, kwargs, operands):
             return False, False  # to a fixed size: global pooling in a head, never a local window
         kernel = args[1] if len(args) > 1 else kwargs.get("kernel_size")
         return False, kernel not in (None, 1, (1, 1))
-    if name in ("linear", "addmm") or name in PRODUCT_OPS:
+    if name in ("linear", "addmm") or name in PRODUCT_OPS or name in ATTENTION_OPS:
         return weighted, False
     return False, False
 
@@ -230,22 +239,6 @@ def ops_between(value, stop, *, since=0):
         ops[id(current.op)] = current.op
         stack.extend(current.op.operands)
     return list(ops.values())
-
-
-def attends(ops):
-    """Whether `ops` hold an attention: scaled-dot-product attention, or a softmax of a product of two activations
-    (weights that depend on the input: what attends, whatever the layout, window or pooling around it)."""
-    if any(op.name == "scaled_dot_product_attention" for op in ops):
-        return True
-    products = [op for op in ops if op.name in PRODUCT_OPS and sum(v.activation for v in op.operands) >= 2]
-    if not products:
-        return False
-    made = {id(v) for op in products for v in op.results}
-    for op in ops:
-        if op.name in ("softmax", "_softmax") and any(
-                made.intersection(ancestors(v)) for v in op.operands if v.activation):
-            return True
-    return False
 
 
 def position_parameters(trace):

@@ -49,8 +49,8 @@ POSTFIX_EVERY = 20  # steps between progress-bar updates (each one waits for the
 def build(name, recipe=STRONG, num_classes=100, **kw):
     """The model a specification names (`helpers.models`), fresh, with `num_classes`; a registry model with the
     recipe's stochastic depth (another model's is what its specification or `kw` say, e.g. drop_path_rate=0.1)."""
-    spec = models_module.resolve(name, num_classes)
-    return spec.build(**({"sd": recipe.sd} if spec.entry is not None else {}), **kw)
+    spec = models_module.resolve(name)
+    return spec.build(num_classes, **({"sd": recipe.sd} if spec.entry is not None else {}), **kw)
 
 
 def checkpoint_path(folder, name, dataset="cifar100", stage=None):
@@ -451,9 +451,11 @@ def test_set_of(config, spec):
 
 
 def datasets_of(config, spec=None):
-    """(training set with the recipe's transform, test set) at the input size of the model `spec` (default: the
-    model to train), or synthetic stand-ins when smoke."""
-    spec = spec or models_module.resolve(config.model, data.NUM_CLASSES[config.dataset])
+    """(training set with the recipe's transform, test set) at the input size of the model `spec` (sized; default:
+    the model to train, sized by one build), or synthetic stand-ins when smoke."""
+    if spec is None:
+        spec = models_module.resolve(config.model)
+        spec = spec.sized(build(spec, RECIPES[config.recipe], data.NUM_CLASSES[config.dataset], **config.model_args))
     test_set = test_set_of(config, spec)
     train_set = data.training_set(config, RECIPES[config.recipe].train_transform(config.dataset, spec),
                                   config.dataset, spec=spec)
@@ -466,9 +468,9 @@ def accuracy_table(config, *, progress=True):
     config = config.resolved()
     device, rows = pick_device(), []
     for name in config.names():
-        spec = config.spec(name)
-        test_set = test_set_of(config, spec)
         net = config.pretrained(name, device)
+        spec = config.spec(name).sized(net)
+        test_set = test_set_of(config, spec)
         metrics = evaluate(net, test_set, batch_size=config.eval_batch_size, workers=data.worker_count(config.workers),
                            progress=progress)
         paper = spec.entry.paper_accuracy if spec.entry else None
@@ -480,11 +482,11 @@ def run(config, *, progress=True):
     """Train `config.model` with its recipe (resuming its last checkpoint); returns (model, log) on rank 0. Its files
     are named after the specification (`Spec.slug`: `cifar100_timm-convnext_atto.pth.tar`)."""
     config = config.resolved()
-    spec = models_module.resolve(config.model, data.NUM_CLASSES[config.dataset])
-    train_set, test_set = datasets_of(config, spec)
+    spec = models_module.resolve(config.model)
     recipe = RECIPES[config.recipe]
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = build(spec, recipe, data.NUM_CLASSES[config.dataset], **config.model_args).to(pick_device())
+    train_set, test_set = datasets_of(config, spec.sized(model))
     log = train(model, train_set, test_set, name=spec.slug, recipe=recipe, dataset=config.dataset,
                 folder=training_folder(config), epochs=config.epochs, warmup_epochs=config.warmup_epochs,
                 batch_size=config.batch_size, seed=config.seed, workers=config.workers, progress=progress,

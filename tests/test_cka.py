@@ -169,7 +169,7 @@ def test_the_stored_run_equals_the_sums_in_memory_and_resumes(tmp_path):
     (outcome,) = cka_module.run(config, progress=False)
     assert outcome.table.computed == 2 and len(outcome.units) == 2  # 16 images in batches of 8
     nets = cka_module.nets(config.resolved())
-    images = cka_module.test_images(config.resolved())  # each model's own, at its size and normalisation
+    images = cka_module.test_images(config.resolved(), nets)  # each model's own, at its size and normalisation
     loaders = [data.loader(images[name], 8, workers=0) for name in images]
     in_memory = minibatch_cka(nets, ({name: b[0] for name, b in zip(images, batch)} for batch in zip(*loaders)))
     from_rows = cka_module.similarities(outcome, nets)

@@ -161,8 +161,7 @@ def test_the_stored_sweep_resumes_and_its_figure_table_marks_what_cannot_be_remo
     assert table[table.removable].accuracy_drop.notna().all()
     intact = outcome.table.frame(outcome.units).set_index("block").loc[lesion.INTACT]
     row = table[table.block == "transformers.1.blocks.0.attn"].iloc[0]
-    removed = lesion_metrics(blocks, lesion.evaluation_batches(config.resolved(), config.resolved().spec("pit_ti"),
-                                                                "cpu")[1],
+    removed = lesion_metrics(blocks, lesion.evaluation_batches(config.resolved(), blocks.spec, "cpu")[1],
                              lesion="transformers.1.blocks.0.attn")
     assert row.accuracy_drop == pytest.approx(intact.accuracy - removed.accuracy)
     assert list(table[table.stage_end].block) == ["transformers.0.blocks.1.mlp", "transformers.1.blocks.5.mlp",
