@@ -31,10 +31,10 @@ import pandas as pd
 
 from helpers.common import saved_run, writing
 from helpers.experiment import results_folder
-from helpers.paired import (eigenvalues, hessian, hessian_statistics, landscape, landscape_statistics,  # noqa: F401
-                            robustness, robustness_statistics)
-from helpers.verdict import (CLAIMS, COLUMNS, SMOKE_NOTE, VERDICTS, Decision, compare, majority,  # noqa: F401
-                             problem, readable, sample, shown, undecided, verdict, verdicts, by_model, markdown)
+from helpers.paired import (hessian, hessian_statistics, landscape, landscape_statistics, robustness,  # noqa: F401
+                            robustness_statistics)  # the pair claims are claims too: claims.hessian, ...
+from helpers.verdict import (CLAIMS, COLUMNS, VERDICTS, Decision, by_model, compare, majority,  # noqa: F401
+                             markdown, problem, readable, sample, shown, undecided, verdict, verdicts)
 
 CLAIMED_SIGN = {"msa": -1, "conv": 1, "mlp": 1}  # Fig. 8 and Fig. 9: what an MSA lowers, a Conv or an MLP raises
 QUANTITIES = {"fourier": "Δ log amplitude at the highest frequency", "variance": "feature-map variance"}

@@ -33,7 +33,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm

@@ -178,7 +178,7 @@ def landscape_statistics(table: pd.DataFrame) -> dict:
 
 def landscape(table: pd.DataFrame, *, run=None, msa_models=None) -> pd.DataFrame:
     """Fig. 1a from the landscapes (`model`, `x`, `y`, `loss` = NLL + L2, `msa`: `landscape.results` per model and
-    `landscape.published`, as the notebook saves them). Per pair (`pairs`) on the same grid, two rows: holds when the
+    `published.grid`, as the notebook saves them). Per pair (`pairs`) on the same grid, two rows: holds when the
     model with MSA blocks has the smaller mean rise of the loss from the centre to the edge ring (`edge_rise`), and
     the smaller max rise; an infinite rise (a diverged point) makes a model's mean and max infinite, and the
     comparison counts those points. Fails when the other model's is smaller. Cannot decide: no pair, other grids or

@@ -6,7 +6,7 @@ Every figure table (`plots.save` records it beside the CSV) and every verdict sa
 - "official": the authors' weights and the official data, verified against what was published, wherever the files
   came from (a download, a mirror, the cache): ResNet-50's and ViT-Ti's weights by the L1/L2 fingerprints of the
   authors' grids (`checkpoints.weights_kind`), CIFAR-100 by its MD5s (`data_kind`), CIFAR-100-C by its archive's MD5
-  (`cifar100c_kind`), the authors' grids by their SHA-256 (`landscape.published` refuses any other file);
+  (`cifar100c_kind`), the authors' grids by their SHA-256 (`published.grid` refuses any other file);
 - "user": weights of your own: a checkpoint file, timm's hub weights, fresh weights of a model without official ones,
   or a folder of ImageNet images: nothing published can vouch for them;
 - "unverified": files that pass by structure only: a mirror's or a cache's copies that the published digests do not
