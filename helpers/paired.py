@@ -8,7 +8,8 @@ authors' published grid) keeps a model apart.
 
 Like with like: a pair is compared only where its tables agree on what they record of the measurement (`LIKE`: the
 digests of the data and of the settings, the noise's epsilon) and, for Fig. 1a, on the grid (the same points);
-otherwise each of its verdicts cannot decide, naming the difference.
+otherwise each of its verdicts cannot decide, naming the difference. A pair whose rows say what they rest on (`run`:
+the authors' grids are official, whatever the rest of the figure rests on) has that as its verdicts' run.
 """
 import itertools
 import math
@@ -16,8 +17,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from helpers.verdict import (NOTHING, Decision, Measured, by_model, compare, problem, sample, signed, undecided,
-                             verdict, verdicts)
+from helpers.verdict import (NOTHING, RUN_KINDS, Decision, Measured, by_model, compare, problem, sample, signed,
+                             undecided, verdict, verdicts, weakest)
 
 LIKE = {"data": "data", "settings": "settings", "epsilon": "noise amplitude"}  # column: what it records
 
@@ -90,12 +91,14 @@ def compared(claim: str, table: pd.DataFrame, statistics: dict, run, msa_models,
     rows, groups = [], dict(list(by_model(table)))
     for (a, b), (statistic, (claimed, measured)) in itertools.product(found, statistics.items()):
         x, y = measured.get(a, NOTHING), measured.get(b, NOTHING)
+        runs = [one_value(groups[name], "run") for name in (a, b)]  # rows that say it (the authors' grids: official)
+        pair_run = weakest(*runs) if all(kind in RUN_KINDS for kind in runs) else run
         difference = unlike(groups, a, b, on_grid=on_grid)
         decision = Decision(None, difference) if difference else compare(x.value, y.value, claimed, (a, b))
         notes = "; ".join(f"{name}: {m.note}" for name, m in ((a, x), (b, y)) if m.note)
         comparison = (f"{a} {x.value:.4g} vs {b} {y.value:.4g} (claimed: {claimed} with MSAs)"
                       + (f"; {notes}" if notes else ""))
-        rows.append(verdict(claim, f"{a} vs {b}", statistic, x.value, comparison, decision, x.n + y.n, run))
+        rows.append(verdict(claim, f"{a} vs {b}", statistic, x.value, comparison, decision, x.n + y.n, pair_run))
     return rows
 
 

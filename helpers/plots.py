@@ -24,7 +24,7 @@ from helpers import models
 from helpers.blocks import normalized_depth
 from helpers.common import provenance_path, writing
 from helpers.fourier import shifted_frequencies
-from helpers.provenance import weakest
+from helpers.verdict import weakest
 
 SHADES = {"msa": ("tab:gray", 0.15), "pool": ("tab:blue", 0.15)}  # conv/mlp stay white, as in the paper
 DEPTH_COLORMAP = "plasma"

@@ -26,17 +26,7 @@ from helpers import checkpoints, data
 from helpers.blocks import split
 from helpers.common import file_digest
 from helpers.experiment import definition_digest
-
-RUN_KINDS = ("smoke", "unverified", "user", "official")  # the least verified first
-
-
-def weakest(*kinds: str) -> str:
-    """The least verified of `kinds` (RUN_KINDS)."""
-    unknown = [kind for kind in kinds if kind not in RUN_KINDS]
-    if unknown:
-        raise ValueError(f"run kind {unknown[0]!r} is none of {', '.join(RUN_KINDS)}")
-    return min(kinds, key=RUN_KINDS.index)
-
+from helpers.verdict import RUN_KINDS, weakest  # noqa: F401  (one order of the kinds, for verdicts and figures)
 
 def data_kind(name: str = "cifar100", root="data") -> str:
     """"official" when every extracted file of the dataset `name` in `root` matches its published MD5 (torchvision's

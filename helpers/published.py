@@ -32,8 +32,8 @@ CENTRE_RTOL = 1e-6    # the registry's l1/l2 are the file's, rounded to 8 signif
 
 def grid(name: str, folder="data", *, url=None, mirror=None, weight_decay=STRONG.weight_decay) -> pd.DataFrame:
     """The authors' grid of `name` (one of MODELS), downloaded into `folder`/authors once and verified at every read
-    (see the module docstring), as a table of `landscape.COLUMNS` with loss = NLL + wd x l2 and `msa` (whether the
-    model has MSA blocks)."""
+    (see the module docstring), as a table of `landscape.COLUMNS` with loss = NLL + wd x l2, `msa` (whether the
+    model has MSA blocks) and `run`: "official", what a verified grid rests on."""
     spec = models.resolve(name)
     if spec.entry is None or spec.entry.grid is None:
         raise ValueError(f"The authors published landscapes for {', '.join(MODELS)} only, not {name!r}.")
@@ -43,7 +43,7 @@ def grid(name: str, folder="data", *, url=None, mirror=None, weight_decay=STRONG
         download(url, path, verify=lambda partial: check(partial, spec, url))
     table = check(path, spec, f"{path} (delete it to download it again)")
     table["loss"] = table["NLL"] + weight_decay * table["l2"]
-    return table[list(landscape.COLUMNS)].assign(msa=provenance.has_msa(models.create(name)))
+    return table[list(landscape.COLUMNS)].assign(msa=provenance.has_msa(models.create(name)), run="official")
 
 
 def read(path) -> pd.DataFrame:

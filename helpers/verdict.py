@@ -31,6 +31,7 @@ CLAIMS = {  # each claim's figure and the paper's claim, short
     "accuracy": ("Accuracy", "the official checkpoints reach the paper's accuracy"),
 }
 VERDICTS = {True: "holds", False: "fails", None: "cannot decide"}
+RUN_KINDS = ("smoke", "unverified", "user", "official")  # what numbers rest on (helpers.provenance), least verified first
 SMOKE_NOTE = "SMOKE RUN: fresh weights and synthetic data, so these verdicts mean nothing."
 UNVERIFIED_NOTE = ("UNVERIFIED: some weights or data came from a mirror or a cache that the published digests and "
                    "fingerprints cannot vouch for (run: unverified).")
@@ -121,6 +122,14 @@ def majority(agree: int, against: int, total: int) -> Decision:
         return Decision(None, f"exactly half ({agree} of {total}) agree")
     return Decision(None, f"{agree} of {total} agree and {zeros} change by exactly zero, which count for neither "
                           "side and decide it")
+
+
+def weakest(*kinds: str) -> str:
+    """The least verified of `kinds` (RUN_KINDS): what numbers resting on all of them rest on."""
+    unknown = [kind for kind in kinds if kind not in RUN_KINDS]
+    if unknown:
+        raise ValueError(f"run kind {unknown[0]!r} is none of {', '.join(RUN_KINDS)}")
+    return min(kinds, key=RUN_KINDS.index)
 
 
 # --- verdict rows --------------------------------------------------------------------------------------------------

@@ -98,6 +98,14 @@ def test_unlike_grids_or_data_cannot_decide_naming_the_difference():
     assert same.holds.tolist() == [True, True]
 
 
+def test_a_pair_whose_rows_say_what_they_rest_on_says_it():
+    table = pd.concat([grid("vit_ti (authors)", 2.5, 0.1, msa=True, run="official"),
+                       grid("resnet_50 (authors)", 2.2, 0.4, msa=False, run="official"), vit(), resnet()])
+    verdicts = paired.landscape(table, run="unverified")  # the figure's own landscapes rest on a mirror's files
+    assert set(verdicts[verdicts.models.str.contains("authors")].run) == {"official"}
+    assert set(verdicts[verdicts.models == "vit_ti vs resnet_50"].run) == {"unverified"}
+
+
 def test_a_single_point_or_a_missing_centre_cannot_decide():
     centre = pd.DataFrame({"model": ["vit_ti", "resnet_50"], "x": 0.0, "y": 0.0, "loss": [1.0, 2.0],
                            "msa": [True, False]})
