@@ -30,8 +30,6 @@ SHADES = {"msa": ("tab:gray", 0.15), "pool": ("tab:blue", 0.15)}  # conv/mlp sta
 DEPTH_COLORMAP = "plasma"
 KIND_COLORS = {"embed": "black", "conv": "tab:blue", "msa": "tab:red", "mlp": "tab:green",
                "pool": "tab:purple", "head": "tab:gray"}  # pool: every subsampling block, strided bottlenecks too
-
-
 SMOKE_TITLE = "SMOKE RUN: fresh weights, synthetic data (meaningless numbers)"
 
 

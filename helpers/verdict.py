@@ -33,8 +33,9 @@ CLAIMS = {  # each claim's figure and the paper's claim, short
 VERDICTS = {True: "holds", False: "fails", None: "cannot decide"}
 RUN_KINDS = ("smoke", "unverified", "user", "official")  # what numbers rest on (helpers.provenance), least verified first
 SMOKE_NOTE = "SMOKE RUN: fresh weights and synthetic data, so these verdicts mean nothing."
-UNVERIFIED_NOTE = ("UNVERIFIED: some weights or data came from a mirror or a cache that the published digests and "
-                   "fingerprints cannot vouch for (run: unverified).")
+UNVERIFIED_NOTE = ("UNVERIFIED: some weights or data could not be checked against published digests or fingerprints "
+                   "(a mirror's or a cache's other files, or PiT-Ti's and Swin-Ti's weights, for which none were "
+                   "published): run unverified.")
 
 
 # --- the value policy ----------------------------------------------------------------------------------------------
