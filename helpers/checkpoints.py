@@ -8,6 +8,7 @@ every difference, then load strictly. A download from the official location is a
 fingerprints of the real weights (sums of L1 and L2 norms) published with the authors' loss landscapes. The
 official file names, URLs and fingerprints live in the model registry (`helpers.models.REGISTRY`).
 """
+import functools
 import math
 import re
 from pathlib import Path
@@ -180,13 +181,51 @@ def fingerprint(model):
     return norm_sums(model.parameters())
 
 
+def fingerprint_matches(model, spec):
+    """Whether the model's weights are the official ones of `spec` by the published fingerprints (False where none
+    were published: PiT-Ti's and Swin-Ti's weights cannot be vouched for)."""
+    known = spec.entry.fingerprint if spec.entry is not None else None
+    return known is not None and all(math.isclose(f, k, rel_tol=FINGERPRINT_RTOL)
+                                     for f, k in zip(fingerprint(model), known))
+
+
 def check_fingerprint(model, spec, path):
     entry, name = spec.entry, spec.name
     if entry is None or entry.fingerprint is None:
         return
-    found, known = fingerprint(model), entry.fingerprint
-    if not all(math.isclose(f, k, rel_tol=FINGERPRINT_RTOL) for f, k in zip(found, known)):
+    if not fingerprint_matches(model, spec):
+        found, known = fingerprint(model), entry.fingerprint
         raise CheckpointError(
             f"The downloaded {entry.file} is not the official {name} checkpoint: its parameters' L1/L2 norm sums "
             f"are {found[0]:.2f}/{found[1]:.4f}, the official weights' are {known[0]:.2f}/{known[1]:.4f} "
             f"(sha256 of the file: {file_digest(path)}). It was not saved. {by_hand(spec)}")
+
+
+def weights_kind(spec, root="checkpoints", path=None, smoke=False):
+    """What `pretrained(spec, root, path, smoke)` rests on (`helpers.provenance`): "smoke" (a smoke run's fresh
+    weights), "user" (your file at `path`, or a model without official weights: timm's hub weights or fresh ones),
+    "official" (the official file in `root`, wherever it came from, its weights matching the published fingerprints)
+    or "unverified" (a file there that they do not vouch for: another file under the official name, or PiT-Ti's and
+    Swin-Ti's, for which none were published). Each file is read once per process."""
+    spec = models.resolve(spec)
+    if smoke:
+        return "smoke"
+    if path is not None or spec.entry is None or spec.entry.file is None:
+        return "user"
+    file = Path(root) / spec.entry.file
+    if spec.entry.fingerprint is None or not file.is_file():
+        return "unverified"
+    stat = file.stat()
+    verified = verified_file(str(file.resolve()), stat.st_size, stat.st_mtime_ns, spec.text, spec.entry.fingerprint)
+    return "official" if verified else "unverified"
+
+
+@functools.lru_cache(maxsize=None)
+def verified_file(path, size, modified, name, known):
+    """Whether the checkpoint file at `path` (of this size and modification time) holds weights of `name` with the
+    fingerprint `known`; a file that does not load does not."""
+    try:
+        found = fingerprint(load_file(path, name))
+    except CheckpointError:
+        return False
+    return all(math.isclose(f, k, rel_tol=FINGERPRINT_RTOL) for f, k in zip(found, known))

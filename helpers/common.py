@@ -1,6 +1,6 @@
 """Small pieces every analysis module uses: the device, the torchrun rank, eval mode for the duration, seeded random
 generators, atomic saves that fail with a clear message, file digests, and the record beside a figure's table of
-whether a smoke run made it."""
+what its numbers rest on."""
 import errno
 import hashlib
 import json
@@ -129,14 +129,16 @@ def file_digest(path, algorithm="sha256"):
 
 
 def provenance_path(table_path):
-    """The record beside a figure's table `NAME.csv` (written by `plots.save`): `NAME.json`, {"smoke": true/false}."""
+    """The record beside a figure's table `NAME.csv` (written by `plots.save`): `NAME.json`, {"run": KIND}."""
     return Path(table_path).with_suffix(".json")
 
 
-def saved_smoke(table_path):
-    """Whether the figure table at `table_path` came from a smoke run, as recorded beside it; None when there is no
-    readable record (a table saved before records were kept, or by other code)."""
+def saved_run(table_path):
+    """What the figure table at `table_path` rests on, as recorded beside it: "smoke", "official", "user" or
+    "unverified" (`helpers.provenance`); None when there is no readable record (a table saved by other code, or
+    before the run was recorded: an older record says only whether a smoke run made it)."""
     try:
-        return bool(json.loads(provenance_path(table_path).read_text())["smoke"])
+        record = json.loads(provenance_path(table_path).read_text())
+        return str(record["run"]) if "run" in record else "smoke" if record["smoke"] is True else None
     except (OSError, ValueError, KeyError, TypeError):
         return None

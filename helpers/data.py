@@ -147,7 +147,7 @@ class _CIFAR100(_Downloading, datasets.CIFAR100):
     title = "CIFAR-100"
 
 
-_DATASETS = {"cifar10": _CIFAR10, "cifar100": _CIFAR100}
+DATASETS = {"cifar10": _CIFAR10, "cifar100": _CIFAR100}
 
 
 def dataset(name, root="data", *, train=True, transform=None, download=True, url=None, mirror=None):
@@ -157,12 +157,12 @@ def dataset(name, root="data", *, train=True, transform=None, download=True, url
     `download` is true, from the official location (MD5-checked) or from the mirror in effect (`mirror`, else
     $VITS_MIRROR; see `helpers.download`) or from `url`, whose archives are checked by structure only.
     """
-    if name not in _DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; choose one of: {', '.join(_DATASETS)}")
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if url is None:
-        url, official = source(_DATASETS[name].url, mirror)
+        url, official = source(DATASETS[name].url, mirror)
         url = None if official else url
-    return _DATASETS[name](root, train, transform, download, url)
+    return DATASETS[name](root, train, transform, download, url)
 
 
 def worker_count(workers=None):
@@ -266,6 +266,7 @@ def _feed(digest, dataset):
 CIFAR100C_URL = "https://zenodo.org/record/3555552/files/CIFAR-100-C.tar"
 CIFAR100C_MD5 = "11f0ed0f1191edbf9fa23466ae6021d3"
 CIFAR100C_FOLDER = "CIFAR-100-C"
+CIFAR100C_VERIFIED = ".md5"  # in the folder, the archive's MD5 when it was extracted from the MD5-checked official one
 # The 15 corruptions whose mean is the benchmark's number, then the 4 extra ones (the authors' ops/datasets.py).
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
                "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
@@ -388,6 +389,8 @@ def cifar100c(root="data", *, download=True, url=None, mirror=None):
         safe_extract(archive, partial)
         if not (partial / CIFAR100C_FOLDER / "labels.npy").is_file():
             raise RuntimeError(f"{archive} holds no {CIFAR100C_FOLDER}/labels.npy; delete it and download it again.")
+        if official or file_digest(archive, "md5") == CIFAR100C_MD5:  # official: checked above or when downloaded
+            (partial / CIFAR100C_FOLDER / CIFAR100C_VERIFIED).write_text(CIFAR100C_MD5 + "\n")
         os.replace(partial / CIFAR100C_FOLDER, folder)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

@@ -10,7 +10,11 @@ run): the Fourier and variance analysis (Fig. 2a/8, Fig. 9), the lesion study (S
 `standing` places the model on every statistic that `helpers.claims.measurements` gives, from the same tables the
 verdicts are computed from. With ResNet-50 at 0 and ViT-Ti at 1, the model's value sits at
 `scale = (yours - ResNet-50) / (ViT-Ti - ResNet-50)`: "like resnet_50" below 1/3, "like vit_ti" above 2/3,
-"between" in the middle third (the thirds are ours: the paper gives no threshold). A statistic of a block kind that
+"between" in the middle third (the thirds are ours: the paper gives no threshold). A scale needs two references
+that are finite and differ by more than `MARGIN` (5 %) of the larger magnitude; otherwise the model is not placed
+("cannot place: resnet_50 and vit_ti do not differ here"). The 5 % is ours too: the diagnosis measures on a few
+mini-batches and 2,000 test images, and a smaller gap would stretch their sampling noise over the whole scale, where
+a model's place would be noise. A statistic of a block kind that
 only one reference has (the share of MSA blocks that lower the highest frequency: ResNet-50 has no MSA) places the
 model by the claim's own verdict instead: "like vit_ti" when the model's verdict and ViT-Ti's agree, "unlike vit_ti"
 when they differ.
@@ -21,11 +25,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from helpers import claims, models
+from helpers import claims, models, provenance
 from helpers.experiment import Experiment, Pretrained, positive, setting
 
 REFERENCES = ("resnet_50", "vit_ti")  # 0 and 1 of the scale: the paper's CNN and its ViT
 THIRDS = (1 / 3, 2 / 3)  # scale below the first: like the CNN; above the second: like the ViT; between: between
+MARGIN = 0.05  # the references must differ by more than this share of the larger magnitude to span a scale
 
 
 @dataclass
@@ -73,6 +78,10 @@ class Config(Experiment):
         """One of `names()` with its weights (see `experiment.Pretrained.pretrained`), in eval mode on `device`."""
         return self.sweep(Pretrained).pretrained(name, device)
 
+    def run_kind(self):
+        """What the diagnosis's numbers rest on (`helpers.provenance`): the three models' weights and the data."""
+        return provenance.of(self.sweep(Pretrained))
+
     def figure_name(self, what):
         """The file name of one of the diagnosis's figures: `diagnose_<model>_<what>`, one set per model."""
         return f"diagnose_{self.spec(self.model).slug}_{what}"
@@ -85,9 +94,10 @@ class Config(Experiment):
                              checkpoint_root=self.checkpoint_root, **settings).resolved()
 
 
-def verdicts(tables, *, smoke=None):
-    """The verdicts of `helpers.claims` on every table of `tables` ({claim name: its figure table}), as one table."""
-    return pd.concat([getattr(claims, claim)(table, smoke=smoke) for claim, table in tables.items()], ignore_index=True)
+def verdicts(tables, *, run=None):
+    """The verdicts of `helpers.claims` on every table of `tables` ({claim name: its figure table}), as one table;
+    `run`: what the numbers rest on (`helpers.provenance`)."""
+    return pd.concat([claims.JUDGES[claim](table, run=run) for claim, table in tables.items()], ignore_index=True)
 
 
 def block_counts(blocks):
@@ -117,14 +127,26 @@ def measure(measured, name):
     return Measure(name, float(row.value), None if pd.isna(row.holds) else bool(row.holds), why)
 
 
+def scale_problem(cnn, vit):
+    """Why the references `cnn` and `vit` (`Measure`s with values) span no scale (see the module docstring), or ""."""
+    infinite = [m.name for m in (cnn, vit) if math.isinf(m.value)]
+    if infinite:
+        return f"the value of {' and '.join(infinite)} is infinite"
+    if abs(vit.value - cnn.value) <= MARGIN * max(abs(cnn.value), abs(vit.value)):
+        return (f"{cnn.name} and {vit.name} do not differ here ({cnn.value:.4g} vs {vit.value:.4g}: by "
+                f"{MARGIN:.0%} of the larger or less)")
+    return ""
+
+
 def place(yours, cnn, vit):
     """(scale, position, basis) of one statistic from the `Measure`s of the model and of the references."""
     measured = [m for m in (cnn, vit) if not math.isnan(m.value)]
     if math.isnan(yours.value):
         return math.nan, "not measured", yours.why
     if len(measured) == 2:
-        if math.isclose(cnn.value, vit.value):
-            return math.nan, "cannot place", f"{cnn.name} and {vit.name} have the same value"
+        apart = scale_problem(cnn, vit)
+        if apart:
+            return math.nan, "cannot place", apart
         scale = (yours.value - cnn.value) / (vit.value - cnn.value)
         position = f"like {cnn.name}" if scale < THIRDS[0] else f"like {vit.name}" if scale > THIRDS[1] else "between"
         return scale, position, f"scale: {cnn.name} 0, {vit.name} 1"

@@ -292,10 +292,12 @@ def parse(config_class, argv=None, description=None, prog=None):
 
 @dataclass
 class Outcome:
-    """What a sweep run left in one table: the model (or models) it is of, its units, the table."""
+    """What a sweep run left in one table: the model (or models) it is of, its units, the table, and the columns
+    every row of its figure table carries (`helpers.provenance.facts`: whether the model has MSA blocks, ...)."""
     name: str
     table: Table
     units: list
+    facts: dict = dataclasses.field(default_factory=dict)
 
     def summary(self, computed=None):
         done = self.table.done()

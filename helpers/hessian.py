@@ -37,7 +37,7 @@ import torch
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from helpers import data, experiment
+from helpers import data, experiment, provenance
 from helpers.common import evaluating, pick_device, seeded
 from helpers.experiment import Pretrained, positive, setting
 from helpers.lanczos import (BASIS, K, MAX_STEPS, TOL, by_magnitude, certified, lanczos, memory, quadrature, ritz,
@@ -329,18 +329,19 @@ def run(config, *, progress=True):
                 fraction=config.fraction, k=config.k, tol=config.tol, max_steps=config.max_steps, basis=config.basis,
                 convention=config.convention, mixup_fn=STRONG.mixup_fn(data.NUM_CLASSES["cifar100"]),
                 dtype=torch.float64 if config.float64 else torch.float32, seed=config.seed, progress=progress)
-        outcomes.append(experiment.Outcome(name, table, units))
+        outcomes.append(experiment.Outcome(name, table, units, provenance.facts(model, table, spec)))
         del model
     return outcomes
 
 
 def results(outcome):
-    """The stored rows of one model (`run`'s outcome) as a DataFrame, lists as arrays, in unit order."""
+    """The stored rows of one model (`run`'s outcome) as a DataFrame, lists as arrays, in unit order, with the
+    outcome's facts (`msa`, `data`, `settings`) in every row."""
     frame = outcome.table.frame(outcome.units)
     for column in ("magnitude", "bounds", "top", "bottom", "nodes", "weights"):
         if column in frame:
             frame[column] = [np.asarray(values, dtype=float) for values in frame[column]]
-    return frame.assign(model=outcome.name)
+    return frame.assign(model=outcome.name, **outcome.facts)
 
 
 def main(argv=None):

@@ -31,18 +31,15 @@ other directions (other weights, seed or normalisation) are never read back.
 import hashlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from helpers import data, experiment, losses, models, trace
+from helpers import data, experiment, losses, provenance, trace
+from helpers.common import evaluating, pick_device, seeded
 from helpers.spec import Spec
-from helpers.common import evaluating, file_digest, pick_device, seeded
-from helpers.download import download, source
 from helpers.experiment import Pretrained, positive, setting
 from helpers.recipes import STRONG
 from helpers.sweep import fill
@@ -50,12 +47,6 @@ from helpers.sweep import fill
 EXCLUDED = ("pos_embed", "relative_position", "rel_pos")  # the authors' `kws`, and timm's decomposed rel. positions
 EPS = 1e-7
 COLUMNS = ("x", "y", "l1", "l2", "NLL", "loss", "Acc")
-# The columns of the authors' header-less published CSVs (losslandscape.ipynb's `names`: tests.save_metrics
-# writes the grid point, the norm sums, the metrics); the files and digests are in the model registry.
-PUBLISHED_COLUMNS = ("x", "y", "l1", "l2", "NLL", "Cutoff1", "Cutoff2", "Acc", "Acc-90", "Unc", "Unc-90", "IoU",
-                     "IoU-90", "Freq", "Freq-90", "Top-5", "Brier", "ECE", "ECSE")
-PUBLISHED_MODELS = tuple(name for name, entry in models.REGISTRY.items() if entry.grid)
-AUTHORS_SAMPLE = 4992  # 52 batches of 96: the training images behind each published grid (Acc is k / 4992)
 
 
 @dataclass
@@ -295,35 +286,10 @@ def read(table, points=None):
     return table.frame(points).reindex(columns=list(COLUMNS)).astype(float)
 
 
-def published(name, folder="data", *, url=None, mirror=None, weight_decay=STRONG.weight_decay):
-    """The authors' published grid for `name` (registry entries with a `grid`: ResNet-50, ViT-Ti), downloaded into
-    `folder`/authors once, as a table of COLUMNS with loss = NLL + wd x l2. The official file is checked against its
-    SHA-256; a mirror's (`mirror`, $VITS_MIRROR) or `url`'s by its layout (19 numeric columns)."""
-    entry = models.entry(name)
-    if entry.grid is None:
-        raise ValueError(f"The authors published landscapes for {', '.join(PUBLISHED_MODELS)} only, not {name!r}.")
-    file, digest = entry.grid
-    url, official = (url, False) if url else source(entry.grid_url, mirror)
-    path = Path(folder) / "authors" / file
-
-    def verify(tmp):
-        if official and file_digest(tmp) != digest:
-            raise ValueError(f"{url} changed: its SHA-256 is not {digest}.")
-        read_published(tmp)
-
-    if not path.exists():
-        download(url, path, verify=verify)
-    table = read_published(path)
-    table["loss"] = table["NLL"] + weight_decay * table["l2"]
-    return table[list(COLUMNS)]
-
-
-def read_published(path):
-    table = pd.read_csv(path, names=list(PUBLISHED_COLUMNS), header=None)
-    if table.isna().any().any() or not all(pd.api.types.is_numeric_dtype(t) for t in table.dtypes):
-        raise ValueError(f"{path} is not one of the authors' grids: expected {len(PUBLISHED_COLUMNS)} numeric columns "
-                         f"({', '.join(PUBLISHED_COLUMNS[:5])}, ...) without a header.")
-    return table
+def results(outcome):
+    """The figure's table of one model (`run`'s outcome): `read`, with the outcome's facts (`msa`, `data`,
+    `settings`: what its verdicts compare like with like) in every row."""
+    return read(outcome.table, outcome.units).assign(**outcome.facts)
 
 
 # The experiment: the notebook and `python -m helpers.landscape` both call `run`
@@ -358,7 +324,7 @@ def run(config, *, progress=True):
                                  weights=weights)
         landscape(model, batches, table, points, directions, weight_decay=config.weight_decay, exclude=exclude,
                   progress=progress)
-        outcomes.append(experiment.Outcome(name, table, points))
+        outcomes.append(experiment.Outcome(name, table, points, provenance.facts(model, table, spec)))
         del augmented[:]  # the next model draws its own, at its input size
     return outcomes
 

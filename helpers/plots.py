@@ -24,24 +24,23 @@ from helpers import models
 from helpers.blocks import normalized_depth
 from helpers.common import provenance_path, writing
 from helpers.fourier import shifted_frequencies
+from helpers.verdict import weakest
 
 SHADES = {"msa": ("tab:gray", 0.15), "pool": ("tab:blue", 0.15)}  # conv/mlp stay white, as in the paper
 DEPTH_COLORMAP = "plasma"
 KIND_COLORS = {"embed": "black", "conv": "tab:blue", "msa": "tab:red", "mlp": "tab:green",
                "pool": "tab:purple", "head": "tab:gray"}  # pool: every subsampling block, strided bottlenecks too
-
-
 SMOKE_TITLE = "SMOKE RUN: fresh weights, synthetic data (meaningless numbers)"
 
 
-def save(fig, name, folder="results", table=None, *, smoke=False):
-    """Write `fig` as `folder/name.png` and `.pdf`, and `table` (a DataFrame or dict of columns) as `.csv`, beside
-    them, with `name.json` recording whether a smoke run made it (`common.saved_smoke` reads it); the resumable
-    sweeps live apart, under `folder/sweeps/`. A smoke run's figure says so in its title."""
+def save(fig, name, folder="results", table=None, *, run):
+    """Write `fig` as `folder/name.png` and `.pdf`, and `table` (a DataFrame or dict of columns; arrays in its cells as
+    JSON lists) as `.csv`, with `name.json` recording what its numbers rest on, `run` (`helpers.provenance`; read by
+    `common.saved_run`); sweeps live apart, in `folder/sweeps/`. A smoke run's figure says so in its title."""
     if Path(name).name != name or name == "sweeps":
         raise ValueError(f"A figure name is a plain file name, not {name!r}: sweeps live in {folder}/sweeps/")
-    folder = Path(folder)
-    if smoke:
+    folder, run = Path(folder), weakest(run)  # weakest: a ValueError unless one of RUN_KINDS
+    if run == "smoke":
         top = fig.get_tightbbox(fig.canvas.get_renderer()).y1  # inches: above every title, however short the figure
         fig.suptitle(SMOKE_TITLE, color="tab:red", fontsize="medium", y=(top + 0.08) / fig.get_figheight(), va="bottom")
     paths = [folder / f"{name}.{ext}" for ext in ("png", "pdf", "csv" if table is not None else None) if ext]
@@ -52,8 +51,9 @@ def save(fig, name, folder="results", table=None, *, smoke=False):
         if table is not None:
             paths.append(provenance_path(paths[2]))
             paths[3].unlink(missing_ok=True)  # never beside another run's table, even if stopped before the end
-            pd.DataFrame(table).to_csv(paths[2], index=False)
-            paths[3].write_text(json.dumps({"smoke": bool(smoke)}) + "\n")
+            pd.DataFrame(table).map(lambda v: json.dumps(np.asarray(v).tolist()) if isinstance(v, (list, np.ndarray))
+                                    else v).to_csv(paths[2], index=False)  # arrays at full precision
+            paths[3].write_text(json.dumps({"run": run}) + "\n")
     return paths
 
 

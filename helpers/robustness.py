@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers import checkpoints, data, experiment, metrics, models
+from helpers import checkpoints, data, experiment, metrics, models, provenance
 from helpers.common import evaluating, pick_device
 from helpers.experiment import Pretrained, positive, setting
 from helpers.noise import BANDS, BANDWIDTH, band_limited_noise
@@ -185,15 +185,17 @@ def frequency_noise_sweep(model, images, labels, table, *, band="authors", frequ
 
 
 def accuracy_drop(table):
-    """Per model and noisy frequency: clean accuracy (the epsilon = 0 row) minus accuracy under the noise."""
+    """Per model and noisy frequency: clean accuracy (the epsilon = 0 row) minus accuracy under the noise, with the
+    model's facts (`msa`, `data`, `settings`: `tables`) where the table has them."""
+    facts = [column for column in ("msa", "data", "settings") if column in table]
     rows = []
     for name, group in table.groupby("model", sort=False):
         clean = group.loc[group["epsilon"] == 0, "accuracy"]
         noisy = group[group["epsilon"] != 0]
         rows += [{"model": name, "epsilon": r.epsilon, "frequency": r.frequency,
-                  "accuracy_drop": (clean.iloc[0] if len(clean) else math.nan) - r.accuracy}
-                 for r in noisy.itertuples()]
-    return pd.DataFrame(rows, columns=["model", "epsilon", "frequency", "accuracy_drop"])
+                  "accuracy_drop": (clean.iloc[0] if len(clean) else math.nan) - r.accuracy,
+                  **{column: getattr(r, column) for column in facts}} for r in noisy.itertuples()]
+    return pd.DataFrame(rows, columns=["model", "epsilon", "frequency", "accuracy_drop", *facts])
 
 
 # --- the experiment: the notebook and `python -m helpers.robustness` both call `run` -----------------------------
@@ -298,7 +300,7 @@ def run(config, *, progress=True):
                                   progress=progress, spec=spec)
             units = [{"epsilon": 0.0, "frequency": 0.0}] + [{"epsilon": config.epsilon, "frequency": f}
                                                            for f in config.frequencies]
-            outcomes.append(experiment.Outcome(f"noise {name}", table, units))
+            outcomes.append(experiment.Outcome(f"noise {name}", table, units, provenance.facts(model, table, spec)))
     return outcomes
 
 
@@ -316,11 +318,12 @@ def corruption_units(corruptions):
 
 
 def tables(outcomes):
-    """(CIFAR-100-C table, noise table) of `run`'s outcomes, one row per unit with a `model` column."""
+    """(CIFAR-100-C table, noise table) of `run`'s outcomes, one row per unit with a `model` column and the
+    outcome's facts."""
     parts = {"corruptions": [], "noise": []}
     for outcome in outcomes:
         sweep, name = outcome.name.split(" ", 1)
-        parts[sweep].append(_frame(outcome.table, outcome.units).assign(model=name))
+        parts[sweep].append(_frame(outcome.table, outcome.units).assign(model=name, **outcome.facts))
     return tuple(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame() for frames in parts.values())
 
 

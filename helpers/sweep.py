@@ -56,7 +56,7 @@ class Table:
     what is there."""
 
     def __init__(self, folder, key, definition=None, rank_info=None):
-        self.folder, self.key = Path(folder), tuple(key)
+        self.folder, self.key, self.definition = Path(folder), tuple(key), definition
         self.rank = rank_info or rank()
         self.computed = 0  # rows this process added
         self._file = None

@@ -48,9 +48,10 @@ POSTFIX_EVERY = 20  # steps between progress-bar updates (each one waits for the
 
 def build(name, recipe=STRONG, num_classes=100, **kw):
     """The model a specification names (`helpers.models`), fresh, with `num_classes`; a registry model with the
-    recipe's stochastic depth (another model's is what its specification or `kw` say, e.g. drop_path_rate=0.1)."""
+    recipe's stochastic depth unless `kw` gives its own `sd` (another model's is what its specification or `kw` say,
+    e.g. drop_path_rate=0.1)."""
     spec = models_module.resolve(name)
-    return spec.build(num_classes, **({"sd": recipe.sd} if spec.entry is not None else {}), **kw)
+    return spec.build(num_classes, **{**({"sd": recipe.sd} if spec.entry is not None else {}), **kw})
 
 
 def checkpoint_path(folder, name, dataset="cifar100", stage=None):

@@ -1,20 +1,22 @@
 """Files in the real formats, for the real download and loading code: CIFAR archives laid out as torchvision reads
-them, a CIFAR-100-C tar, the official checkpoints filled by the fixture's recipe, the authors' published grids.
-`mirror(folder)` puts them all under their official names, as a mirror (`VITS_MIRROR`) holds them."""
+them, a CIFAR-100-C tar, the official checkpoints filled by the fixture's recipe, and the authors' published grids
+(their real files, in fixtures/authors_grids). `mirror(folder)` puts them all under their official names, as a
+mirror (`VITS_MIRROR`) holds them."""
 import pickle
+import shutil
 import tarfile
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 from official import official_state_dict
 
 from helpers import data, models
 from helpers.blocks import Block, Blocks, Site
-from helpers.landscape import PUBLISHED_COLUMNS
 
+AUTHORS_GRIDS = Path(__file__).resolve().parent / "fixtures" / "authors_grids"
 # name -> archive, folder inside it, {split file: train?}, meta file, label key, meta key
 CIFAR_LAYOUT = {
     "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py",
@@ -81,20 +83,10 @@ def official_checkpoint(path, name):
     return path
 
 
-def published_grid(path, points=3, *, seed=0):
-    """A header-less grid in the authors' 19-column layout (x, y, l1, l2, NLL, ..., Acc, ...)."""
-    rng = np.random.default_rng(seed)
-    xs = np.linspace(-1, 1, points)
-    rows = [[x, y, 1000.0, 700.0 + x + y, 2.0 + x * x + y * y] + [0.0, 0.0] + [rng.integers(0, 4992) / 4992]
-            + [0.0] * 11 for y in xs for x in xs]
-    assert len(rows[0]) == len(PUBLISHED_COLUMNS)
-    pd.DataFrame(rows).to_csv(path, header=False, index=False)
-    return path
-
-
 def mirror(folder, *, per_file=300, per_severity=2):
     """Every file a real run downloads, under its official name: CIFAR-100 (`per_file` images in each split, every
-    class present), CIFAR-100-C (all 19 corruptions), the four official checkpoints, the two published grids."""
+    class present), CIFAR-100-C (all 19 corruptions), the four official checkpoints (the recipe's weights, which the
+    official fingerprints do not vouch for), and the authors' two published grids, their real files."""
     folder.mkdir(parents=True, exist_ok=True)
     cifar_archive(folder / "build", "cifar100", per_file)
     (folder / "build" / CIFAR_LAYOUT["cifar100"][0]).rename(folder / CIFAR_LAYOUT["cifar100"][0])
@@ -104,7 +96,7 @@ def mirror(folder, *, per_file=300, per_severity=2):
         official_checkpoint(folder / models.entry(name).file, name)
     for name, entry in models.REGISTRY.items():
         if entry.grid:
-            published_grid(folder / entry.grid[0])
+            shutil.copy(AUTHORS_GRIDS / entry.grid[0], folder / entry.grid[0])
     return folder
 
 

@@ -83,5 +83,6 @@ def test_the_readme_torchrun_run_fills_what_the_notebook_reads(module, tmp_path)
     figure_table = pd.read_csv(results / file)
     if module == "helpers.hessian":
         figure_table = figure_table.sort_values(["loss", "model", "eigenvalue"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(figure_table, expected(results, models).reset_index(drop=True), check_dtype=False,
-                                  rtol=1e-12)
+    expected_table = expected(results, models).reset_index(drop=True)
+    assert set(figure_table.columns) - set(expected_table.columns) <= {"msa", "data", "settings"}  # the models' facts
+    pd.testing.assert_frame_equal(figure_table[expected_table.columns], expected_table, check_dtype=False, rtol=1e-12)

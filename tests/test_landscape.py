@@ -274,25 +274,6 @@ def test_one_dimensional_slice_shares_the_grids_points():
     assert landscape.grid_points(21)[:2] == [{"x": -1.0, "y": -1.0}, {"x": -0.9, "y": -1.0}]  # x fastest
 
 
-def test_published_grids_are_read_in_the_authors_layout(tmp_path):
-    from http_server import serve
-    served = tmp_path / "served"
-    served.mkdir()
-    lines = [[x, y, 100.0, 10.0 + x, 2.0 + y, 0, 0.9, 0.5] + [0.0] * 11 for y in (-1.0, 1.0) for x in (-1.0, 1.0)]
-    pd.DataFrame(lines).to_csv(served / "grid.csv", header=False, index=False)
-    (served / "other.csv").write_text("x,y,loss\n0,0,1\n")
-    with serve(served) as base:
-        table = landscape.published("vit_ti", tmp_path / "data", url=f"{base}/grid.csv")
-        with pytest.raises(ValueError, match="not one of the authors' grids"):
-            landscape.published("resnet_50", tmp_path / "data", url=f"{base}/other.csv")
-    assert list(table.columns) == list(landscape.COLUMNS)
-    assert np.allclose(table.loss, 2.0 + table.y + WD * (10.0 + table.x))
-    assert np.allclose(table.Acc, 0.5)
-    assert not list((tmp_path / "data" / "authors").glob("*other*"))  # a refused file is not kept
-    with pytest.raises(ValueError, match="resnet_50"):
-        landscape.published("swin_ti", tmp_path)
-
-
 def stored(results):
     (folder,) = (Path(results) / "sweeps" / "landscape").glob("resnet_18-*")
     return {(r["x"], r["y"]): r for r in Table(folder, ("x", "y")).rows()}

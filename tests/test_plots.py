@@ -1,4 +1,6 @@
 """helpers.plots: the depth axis and shading line up with the authors' hand-typed index lists."""
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,7 +12,7 @@ import torch  # noqa: E402
 
 from helpers import alternet, models, plots  # noqa: E402
 from helpers.blocks import split  # noqa: E402
-from helpers.common import saved_smoke  # noqa: E402
+from helpers.common import saved_run  # noqa: E402
 
 # From the authors' fourier_analysis.ipynb / featuremap_variance.ipynb: indices into the non-head blocks,
 # each shading [(i - 1)/depth, i/depth] with depth = number of non-head blocks - 1.
@@ -67,7 +69,7 @@ def test_spectrum_image_axes_are_the_shifted_frequencies():
 
 def test_save_writes_png_pdf_csv_and_depths(tmp_path):
     fig, ax = plt.subplots()
-    paths = plots.save(fig, "x", tmp_path, table={"a": [1, 2]})
+    paths = plots.save(fig, "x", tmp_path, table={"a": [1, 2]}, run="official")
     assert all(p.exists() for p in paths) and [p.suffix for p in paths] == [".png", ".pdf", ".csv", ".json"]
     assert plots.model_style("resnet_50") == plots.model_style("resnet_18 (authors)") == ("D", "tab:blue")
     assert plots.model_style("vit_s")[0] == "o" and plots.model_style("pit_ti")[0] == "s"
@@ -83,16 +85,32 @@ def test_a_long_specification_is_shortened_for_an_axis_label():
     assert plots.short("a" * 40) == "a" * 31 + "…"
 
 
-def test_a_saved_table_records_whether_a_smoke_run_made_it(tmp_path):
+def test_a_saved_table_records_what_its_numbers_rest_on(tmp_path):
     fig, _ = plt.subplots()
-    csv = plots.save(fig, "x", tmp_path, table={"a": [1, 2]}, smoke=True)[2]
-    assert saved_smoke(csv) is True and list(pd.read_csv(csv).columns) == ["a"]  # the table itself is unchanged
-    plots.save(fig, "x", tmp_path, table={"a": [3]})  # a real run over the smoke run's files
-    assert saved_smoke(csv) is False
-    plots.save(fig, "y", tmp_path)  # a figure without a table has no record
-    assert not (tmp_path / "y.json").exists() and saved_smoke(tmp_path / "y.csv") is None
+    csv = plots.save(fig, "x", tmp_path, table={"a": [1, 2]}, run="smoke")[2]
+    assert saved_run(csv) == "smoke" and list(pd.read_csv(csv).columns) == ["a"]  # the table itself is unchanged
+    plots.save(fig, "x", tmp_path, table={"a": [3]}, run="unverified")  # a real run over the smoke run's files
+    assert saved_run(csv) == "unverified"
+    plots.save(fig, "y", tmp_path, run="official")  # a figure without a table has no record
+    assert not (tmp_path / "y.json").exists() and saved_run(tmp_path / "y.csv") is None
     (tmp_path / "x.json").write_text("{damaged")
-    assert saved_smoke(csv) is None  # unknown, not a guess
+    assert saved_run(csv) is None  # unknown, not a guess
+    (tmp_path / "x.json").write_text('{"smoke": true}')  # recorded before runs were: a smoke run is still said
+    assert saved_run(csv) == "smoke"
+    (tmp_path / "x.json").write_text('{"smoke": false}')
+    assert saved_run(csv) is None  # not a smoke run, but what it rests on was not recorded
+    with pytest.raises(ValueError, match="'real' is none of smoke, unverified, user, official"):
+        plots.save(fig, "z", tmp_path, table={"a": [1]}, run="real")
+    assert not list(tmp_path.glob("z.*"))
+    plt.close(fig)
+
+
+def test_arrays_in_cells_are_saved_as_json_lists_at_full_precision(tmp_path):
+    fig, _ = plt.subplots()
+    table = pd.DataFrame({"model": ["a", "b"], "magnitude": [np.array([1 / 3, -2e-12]), np.array([np.inf])]})
+    csv = plots.save(fig, "x", tmp_path, table=table, run="user")[2]
+    saved = pd.read_csv(csv)
+    assert [json.loads(cell) for cell in saved.magnitude] == [[1 / 3, -2e-12], [np.inf]]
     plt.close(fig)
 
 
