@@ -42,15 +42,19 @@ class MapStatistic:
     variance: bool  # the spatial variance
 
     def __call__(self, x: torch.Tensor):
+        """The statistic of the maps `x`: a diagonal `H`, a 0-d variance, or both as a tuple."""
         return self.finish([self.read(x)])[0]
 
     def read(self, x: torch.Tensor) -> Read:
+        """The first step, on a block's maps as they appear: the one read of `x`, down to a few numbers per image and
+        channel."""
         check_maps(x)
-        if self.spectrum and x.shape[-2] != x.shape[-1]:
-            raise ValueError(f"The half diagonal needs square maps, got {x.shape[-2]} x {x.shape[-1]}: frequency "
-                             f"(k, k) would pair k cycles per {x.shape[-2]} rows with k cycles per {x.shape[-1]} columns.")
-        if self.variance and x.shape[-2] * x.shape[-1] < 2:
-            raise ValueError(f"A {x.shape[-2]} x {x.shape[-1]} map has no spatial variance.")
+        height, width = x.shape[-2:]
+        if self.spectrum and height != width:
+            raise ValueError(f"The half diagonal needs square maps, got {height} x {width}: frequency (k, k) would "
+                             f"pair k cycles per {height} rows with k cycles per {width} columns.")
+        if self.variance and height * width < 2:
+            raise ValueError(f"A {height} x {width} map has no spatial variance.")
         return one_read(x.float(), spectrum=self.spectrum, variance=self.variance)
 
     def finish(self, reads: list[Read]) -> list:
