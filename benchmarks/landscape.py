@@ -52,7 +52,7 @@ def bare_pass(model, batches):
         model(images)
 
 
-def seconds_per_point(model, batches, directions, points, exclude, now):
+def seconds_per_point(model, batches, directions, points, exclude, now) -> float:
     """The mean time between consecutive rows of one `landscape` call over `points` (at least 2)."""
     with tempfile.TemporaryDirectory() as folder:
         table = TimedTable(folder, now)
@@ -60,7 +60,7 @@ def seconds_per_point(model, batches, directions, points, exclude, now):
         return (table.stored[-1] - table.stored[0]) / (len(points) - 1)
 
 
-def without_forward(model, batches, directions, points, exclude, now):
+def without_forward(model, batches, directions, points, exclude, now) -> float:
     """`seconds_per_point` with the model's forward replaced by ready logits (random, of 100 classes): what a grid
     point costs beside its forward passes. `batches` hold the images' count only."""
     logits = torch.randn(max(len(images) for images, _ in batches), 100, device=next(model.parameters()).device)
@@ -71,7 +71,7 @@ def without_forward(model, batches, directions, points, exclude, now):
         del model.forward
 
 
-def figure_sample(spec, device, args):
+def figure_sample(spec, device, args) -> tuple[list, list, int]:
     """(stand-in batches of the figure's sample for `without_forward`, one real batch of its batch size)."""
     batch = landscape.augmented_batches(data.synthetic(args.sample_batch_size, spec=spec), batch_size=
                                         args.sample_batch_size, mixup=STRONG.mixup_fn(100), device=device,
@@ -81,7 +81,7 @@ def figure_sample(spec, device, args):
     return [(images[:, :0, 0, 0], targets)] * count, batch, count  # B, 0 stand-ins: no pixels are read
 
 
-def measure(name, device, args):
+def measure(name: str, device, args) -> dict[str, float]:
     """{measurement: median seconds} of one model (see the module docstring)."""
     spec = models.resolve(name)
     model = model_of(name, device)

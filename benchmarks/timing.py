@@ -5,6 +5,7 @@ Every script ends by printing one line per ratio it measured (`print_ratio`), wh
 one table.
 """
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -18,7 +19,7 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def clock(device):
+def clock(device) -> Callable[[], float]:
     """The clock a ratio is read on: on a CPU with one torch thread, the CPU time of the calling thread, which does
     all the work and which other processes on a shared machine disturb far less than the wall clock (they only slow
     its memory); else the wall clock (a GPU's work, or several threads)."""
@@ -27,7 +28,7 @@ def clock(device):
     return time.perf_counter
 
 
-def timed(function, device, *args, steady=False):
+def timed(function, device, *args, steady: bool = False) -> float:
     """Seconds that `function(*args)` takes on `device`, synchronised before and after: wall-clock seconds, or with
     `steady` the seconds of `clock(device)`."""
     now = clock(device) if steady else time.perf_counter

@@ -471,21 +471,21 @@ class StageBlocks(Blocks):
         return averages(sums or [], count)
 
 
-def two_steps(statistic):
+def two_steps(statistic) -> tuple:
     """(read, finish) of a statistic: its own for one in two steps (`MapStatistic`), else (itself, the identity)."""
     if hasattr(statistic, "finish"):
         return statistic.read, statistic.finish
     return statistic, lambda values: values
 
 
-def weighted_sum(total, value, weight):
+def weighted_sum(total, value, weight: int):
     """`total` (None at first) plus `weight` x `value`, tensor by tensor where `value` is a tuple of tensors."""
     if isinstance(value, tuple):
         return tuple(weighted_sum(t, v, weight) for t, v in zip(total or [None] * len(value), value))
     return value * weight if total is None else total + value * weight
 
 
-def averages(sums, count):
+def averages(sums: list, count: int):
     """The per-block sums of `Blocks.average` divided by the image `count`, on the CPU: a list of tensors, or for a
     statistic that returns a tuple, one such list per entry of the tuple."""
     if not count:

@@ -61,7 +61,7 @@ def flatten(block, output, *, class_token="keep"):
 GRAM_CHUNK_BYTES = 4 << 20  # on a CPU, the float64 copy of the features is made this much at a time
 
 
-def gram(features):
+def gram(features: torch.Tensor) -> torch.Tensor:
     """The linear Gram matrix `X Xᵀ` of `B, D` features, in float64 (MPS has no float64: it is computed there in
     float32 and moved to the CPU). On a CPU the float64 copy of the features is made a few columns at a time and each
     part's product added up: the copy stays in the cache, and no copy of the whole (a block's output, twice its size)
