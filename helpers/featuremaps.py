@@ -90,24 +90,27 @@ def one_read(x: torch.Tensor, *, spectrum: bool, variance: bool) -> Read:
     """The `Read` of float maps `x`, reading each map once (and its copies in the cache)."""
     batch, channels, height, width = x.shape
     inner = channels_inner(x)
-    flat = x.permute(0, 2, 3, 1).flatten(1, 2) if inner else x.flatten(2)  # B, HW, C or B, C, HW: views
-    positions = 1 if inner else 2
+    if not inner and channels > 1:  # read map by map, B*C of them, so that a part fits the cache whatever its size
+        sums, moments, positions = one_read(x.reshape(batch * channels, 1, height, width), spectrum=spectrum,
+                                            variance=variance)
+        return Read(None if sums is None else sums.view(batch, channels, height),
+                    None if moments is None else moments.view(2, batch, channels), positions)
+    maps = x.permute(0, 2, 3, 1) if inner else x  # B, H, W, C or B, C, H, W: the order in memory
+    positions, per_map = ((1, 2), lambda m: m[:, None, None]) if inner else ((2, 3), lambda m: m[..., None, None])
     step = images_per_read(x) if x.device.type == "cpu" else batch
-    sums = (x.new_empty(batch, height, channels) if inner else x.new_empty(batch, channels, height)) if spectrum \
-        else None
+    sums = x.new_empty(batch, *((height, channels) if inner else (channels, height))) if spectrum else None
     moments = x.new_empty(2, batch, channels) if variance else None
     padded = padded_workspace(x, step) if spectrum else None
-    deviations = x.new_empty(step, *flat.shape[1:]) if variance else None  # contiguous
+    deviations = x.new_empty(step, *maps.shape[1:]) if variance else None
     for start in range(0, batch, step):
         part = slice(start, min(start + step, batch))
+        images = maps[part]
         if spectrum:
-            anti_diagonal_sums(x[part], padded, out=sums[part])
+            anti_diagonal_sums(images, padded, inner, out=sums[part])
         if variance:
-            totals = sums[part].sum(positions) if spectrum else flat[part].sum(positions)
-            deviation_sums(flat[part], totals / (height * width), positions, deviations, out=moments[:, part])
-    if spectrum and inner:
-        sums = sums.transpose(1, 2)  # B, C, H
-    return Read(sums, moments, height * width)
+            totals = sums[part].sum(positions[0]) if spectrum else images.sum(positions)
+            deviation_sums(images, per_map(totals / (height * width)), positions, deviations, out=moments[:, part])
+    return Read(sums.transpose(1, 2) if spectrum and inner else sums, moments, height * width)  # sums B, C, H
 
 
 def images_per_read(x: torch.Tensor) -> int:
@@ -116,7 +119,7 @@ def images_per_read(x: torch.Tensor) -> int:
 
 
 def padded_workspace(x: torch.Tensor, images: int) -> torch.Tensor:
-    """`images` maps of `x`'s size and channel order with one zero column more: `images, C, H, H + 1` (channels
+    """`images` maps of `x`'s size in its memory order with one zero column more: `images, C, H, H + 1` (channels
     inner: `images, H, H + 1, C`)."""
     _, channels, height, _ = x.shape
     if channels_inner(x):
@@ -128,26 +131,26 @@ def padded_workspace(x: torch.Tensor, images: int) -> torch.Tensor:
     return padded
 
 
-def anti_diagonal_sums(x: torch.Tensor, padded: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
-    """The wrapped anti-diagonal sums of square maps `x` into `out` (`B, C, H`, channels inner `B, H, C`), through
-    `padded` (`padded_workspace`).
+def anti_diagonal_sums(maps: torch.Tensor, padded: torch.Tensor, inner: bool, *, out: torch.Tensor) -> torch.Tensor:
+    """The wrapped anti-diagonal sums of square maps into `out` (`B, C, H`; channels inner, `maps` are `B, H, W, C`
+    and `out` is `B, H, C`), through `padded` (`padded_workspace`).
 
     Copied into rows of H + 1 that end in a zero, the map read as rows of H shifts each row one column further left:
     read row m holds x[m, j - m] at j >= m and, at j < m, the element of row m - 1 on the same wrapped anti-diagonal
     j (or the zero); read row H holds row H - 1's wrapped elements. The sum of the read rows is s[j]."""
-    images, _, height, _ = x.shape
-    if channels_inner(x):
-        padded[:images, :, :height] = x.permute(0, 2, 3, 1)  # images, H, W, C
-        return torch.sum(padded[:images].view(images, height + 1, height, -1), dim=1, out=out)
-    padded[:images, ..., :height] = x
-    return torch.sum(padded[:images].view(images, -1, height + 1, height), dim=2, out=out)
+    images, height = len(maps), maps.shape[1 if inner else 2]
+    padded = padded[:images]
+    (padded[:, :, :height] if inner else padded[..., :height]).copy_(maps)
+    if inner:
+        return torch.sum(padded.view(images, height + 1, height, -1), dim=1, out=out)
+    return torch.sum(padded.view(images, -1, height + 1, height), dim=2, out=out)
 
 
-def deviation_sums(flat: torch.Tensor, means: torch.Tensor, positions: int, deviations: torch.Tensor, *,
+def deviation_sums(maps: torch.Tensor, means: torch.Tensor, positions: tuple, deviations: torch.Tensor, *,
                    out: torch.Tensor) -> torch.Tensor:
-    """Into `out` (`2, B, C`): the sums of the deviations of the maps `flat` (`B, C, n`, or `B, n, C` with `positions`
-    1) from their `means` (`B, C`), and of their squares; the deviations are written into the workspace `deviations`."""
-    deviations = torch.sub(flat, means.unsqueeze(positions), out=deviations[:len(flat)])
+    """Into `out` (`2, B, C`): the sums over the `positions` dims of the deviations of `maps` from their `means`, and
+    of their squares; the deviations are written into the workspace `deviations`."""
+    deviations = torch.sub(maps, means, out=deviations[:len(maps)])
     torch.sum(deviations, positions, out=out[0])
     return torch.sum(deviations.square_(), positions, out=out[1])
 
@@ -169,7 +172,8 @@ def diagonals_from_sums(sums: torch.Tensor, _=None) -> torch.Tensor:
     """The diagonals `G, H` of the shifted mean log-amplitude spectrum from anti-diagonal sums `G, B, C, H`."""
     height = sums.shape[-1]
     real, imaginary = torch.view_as_real(torch.fft.rfft(sums)).unbind(-1)  # G, B, C, H//2 + 1: k = 0 to H//2
-    # |F| as sqrt(re² + im²): a third of the time of the complex abs, which also guards against overflow above 1e19
+    # |F| as sqrt(re² + im²): a third of the time of the complex abs, whose only gain, no overflow of the squares above
+    # |F| = 1e19, no float32 feature map needs
     amplitude = torch.addcmul(imaginary.square(), real, real).sqrt_()
     half = amplitude.add_(EPSILON).log_().mean(dim=(1, 2))  # G, H//2 + 1
     mirrored = (torch.arange(height, device=half.device) - height // 2).abs()  # a real map's |F(-k, -k)| is |F(k, k)|
