@@ -15,9 +15,10 @@ read of every map, and both from the same read: pure functions of tensors `B, C,
 Each is a `MapStatistic`, called on a batch of maps, or in two steps that `Blocks.average` takes apart: `read` (as a
 block's output appears: the one read of its map, down to a few numbers per image and channel) and `finish` (after the
 forward pass, for all blocks at once, blocks of one shape together: the DFTs, logs and means of a ViT's 25 blocks
-are then one call each instead of 25). On a CPU a map is read as many images at a time as fit in `CHUNK_BYTES`: the
-copies that the anti-diagonal sums and the deviations need then stay in the cache, and no map-sized buffer is
-allocated (next to a forward pass, fresh map-sized buffers cost more in page faults than their arithmetic).
+are then one call each instead of 25). On a CPU the maps are read as many at a time as fit in `CHUNK_BYTES` (for
+token and channels-last maps, whose channels are innermost, as many images): the copies that the anti-diagonal sums
+and the deviations need then stay in the cache, and no map-sized buffer is allocated (next to a forward pass, fresh
+map-sized buffers cost more in page faults than their arithmetic).
 """
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -82,7 +83,7 @@ def check_maps(x: torch.Tensor) -> None:
 
 def channels_inner(x: torch.Tensor) -> bool:
     """Whether the channels are the innermost dimension (token blocks, channels-last maps): then the maps are read
-    as `B, H*W, C` rows of channels, else as `B, C, H*W`."""
+    in that order, `B, H, W, C`, an image at a time."""
     return x.shape[1] > 1 and x.stride(1) == 1
 
 
