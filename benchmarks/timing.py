@@ -1,10 +1,11 @@
-"""What the benchmark scripts share (run as `python benchmarks/NAME.py`, so this imports as `timing`): wall-clock
-timing, the device options, `--smoke`, the model and images of a specification, and the ratio lines they end with.
+"""What the benchmark scripts share (run as `python benchmarks/NAME.py`, so this imports as `timing`): timing, the
+device options, `--smoke`, the model and images of a specification, and the ratio lines they end with.
 
 Every script ends by printing one line per ratio it measured (`print_ratio`), which `benchmarks/all.py` collects into
 one table.
 """
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -18,13 +19,24 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def timed(function, device, *args):
-    """Seconds that `function(*args)` takes on `device`, synchronised before and after."""
+def clock(device) -> Callable[[], float]:
+    """The clock a ratio is read on: on a CPU with one torch thread, the CPU time of the calling thread, which does
+    all the work and which other processes on a shared machine disturb far less than the wall clock (they only slow
+    its memory); else the wall clock (a GPU's work, or several threads)."""
+    if torch.device(device).type == "cpu" and torch.get_num_threads() == 1:
+        return time.thread_time
+    return time.perf_counter
+
+
+def timed(function, device, *args, steady: bool = False) -> float:
+    """Seconds that `function(*args)` takes on `device`, synchronised before and after: wall-clock seconds, or with
+    `steady` the seconds of `clock(device)`."""
+    now = clock(device) if steady else time.perf_counter
     synchronize(device)
-    start = time.perf_counter()
+    start = now()
     function(*args)
     synchronize(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def add_device_options(parser):

@@ -102,23 +102,25 @@ class Blocks(nn.Module):
     @torch.no_grad()
     def average(self, batches, statistic):
         """For every non-head block, the mean over all images of `statistic(feature_map)`, where `statistic`
-        returns the mean over its batch; one forward pass per batch, the statistic taken as each block's output
-        appears and summed on the device (no map is kept). `batches` yields image tensors or (images, labels)."""
+        returns the mean over its batch: a tensor, or a tuple of tensors (then one list per tensor, e.g.
+        `diagonals, variances = blocks.average(batches, featuremaps.diagonal_and_variance)`). One forward pass per
+        batch, the statistic taken as each block's output appears and summed on the device (no map is kept); a
+        statistic in two steps (`helpers.featuremaps.MapStatistic`) is `read` there and `finish`ed for all blocks
+        after the pass. `batches` yields image tensors or (images, labels)."""
         device = next(self.parameters()).device
-        sums, count = {}, 0
-
-        def add(index, output):
-            value = statistic(self.blocks[index].to_map(output)) * len(output)
-            sums[index] = sums[index] + value if index in sums else value
-
-        for batch in batches:
-            images = batch[0] if isinstance(batch, (tuple, list)) else batch
-            with self.reading(add, maps_only=True):
+        read, finish = two_steps(statistic)
+        layers = [i for i, block in enumerate(self.blocks) if block.kind != "head"]
+        sums, count = [None] * len(layers), 0
+        reads = {}
+        with self.reading(lambda index, output: reads.__setitem__(index, read(self.blocks[index].to_map(output))),
+                          maps_only=True):
+            for batch in batches:
+                images = batch[0] if isinstance(batch, (tuple, list)) else batch
                 self.model(images.to(device))
-            count += len(images)
-        if not count:
-            raise ValueError("No images: `batches` yielded nothing.")
-        return [(sums[i] / count).cpu() for i, block in enumerate(self.blocks) if block.kind != "head"]
+                values = finish([reads.pop(i) for i in layers])
+                sums = [weighted_sum(total, value, len(images)) for total, value in zip(sums, values)]
+                count += len(images)
+        return averages(sums, count)
 
     def reading(self, record, *, maps_only=False):
         """Hooks that call `record(block index, output)` as each block's output appears in a forward pass."""
@@ -148,7 +150,6 @@ def normalized_depth(n):
 def hooked(model, actions, *, replace=False):
     """Within the context, `actions[site](tensor)` runs on each `Site`'s tensor in every forward pass of `model`;
     with `replace`, an output site's result replaces the module's output. Hooks are removed on exit."""
-    modules = dict(model.named_modules())
     by_module = {}
     for site, action in actions.items():
         by_module.setdefault(site.name, []).append((site, action))
@@ -175,10 +176,12 @@ def hooked(model, actions, *, replace=False):
 
     try:
         for name in by_module:
-            if name not in modules:
-                raise KeyError(f"the model has no module {name!r}")
-            handles.append(modules[name].register_forward_pre_hook(before(name), with_kwargs=True, prepend=True))
-            handles.append(modules[name].register_forward_hook(after(name)))
+            try:  # not named_modules(): a walk of the whole model at every call, 1% of a ResNet-50's pass of 8 images
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise KeyError(f"the model has no module {name!r}") from None
+            handles.append(module.register_forward_pre_hook(before(name), with_kwargs=True, prepend=True))
+            handles.append(module.register_forward_hook(after(name)))
         # registered last and put first: each forward pass of the model counts its calls from zero
         handles.append(model.register_forward_pre_hook(lambda *_: calls.update(dict.fromkeys(calls, 0)),
                                                        prepend=True))
@@ -243,16 +246,39 @@ class StageBlocks(Blocks):
     @torch.no_grad()
     def average(self, batches, statistic):
         device = next(self.parameters()).device
+        read, finish = two_steps(statistic)
         sums, count = None, 0
         for batch in batches:
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
             maps = self.model.forward_intermediates(images.to(device), intermediates_only=True)
-            values = [statistic(m) * len(images) for m in maps]
-            sums = values if sums is None else [a + b for a, b in zip(sums, values)]
+            values = finish([read(m) for m in maps])
+            sums = [weighted_sum(total, value, len(images)) for total, value in zip(sums or [None] * len(maps), values)]
             count += len(images)
-        if not count:
-            raise ValueError("No images: `batches` yielded nothing.")
-        return [(s / count).cpu() for s in sums]
+        return averages(sums or [], count)
+
+
+def two_steps(statistic) -> tuple:
+    """(read, finish) of a statistic: its own for one in two steps (`MapStatistic`), else (itself, the identity)."""
+    if hasattr(statistic, "finish"):
+        return statistic.read, statistic.finish
+    return statistic, lambda values: values
+
+
+def weighted_sum(total, value, weight: int):
+    """`total` (None at first) plus `weight` x `value`, tensor by tensor where `value` is a tuple of tensors."""
+    if isinstance(value, tuple):
+        return tuple(weighted_sum(t, v, weight) for t, v in zip(total or [None] * len(value), value))
+    return value * weight if total is None else total + value * weight
+
+
+def averages(sums: list, count: int):
+    """The per-block sums of `Blocks.average` divided by the image `count`, on the CPU: a list of tensors, or for a
+    statistic that returns a tuple, one such list per entry of the tuple."""
+    if not count:
+        raise ValueError("No images: `batches` yielded nothing.")
+    if sums and isinstance(sums[0], tuple):
+        return tuple([(s / count).cpu() for s in entry] for entry in zip(*sums))
+    return [(s / count).cpu() for s in sums]
 
 
 def stage_blocks(model, trace, x, spec=None):

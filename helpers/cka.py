@@ -58,13 +58,28 @@ def flatten(block, output, *, class_token="keep"):
     return output.flatten(1)  # b ... -> b (...)
 
 
-def gram(features):
+GRAM_CHUNK_BYTES = 4 << 20  # on a CPU, the float64 copy of the features is made this much at a time
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
     """The linear Gram matrix `X Xᵀ` of `B, D` features, in float64 (MPS has no float64: it is computed there in
-    float32 and moved to the CPU)."""
+    float32 and moved to the CPU). On a CPU the float64 copy of the features is made a few columns at a time and each
+    part's product added up: the copy stays in the cache, and no copy of the whole (a block's output, twice its size)
+    is allocated, which next to a forward pass costs as much as the product (benchmarks/cka.py)."""
     if features.device.type == "mps":
         return (features @ features.T).cpu().double()
-    features = features.double()
-    return features @ features.T
+    if features.device.type != "cpu" or features.dtype == torch.float64:
+        features = features.double()
+        return features @ features.T
+    examples, dimensions = features.shape
+    step = max(1, GRAM_CHUNK_BYTES // (8 * examples))
+    part = features.new_empty(examples, min(step, dimensions), dtype=torch.float64)
+    result = features.new_zeros(examples, examples, dtype=torch.float64)
+    for start in range(0, dimensions, step):
+        columns = part[:, :min(step, dimensions - start)]
+        columns.copy_(features[:, start:start + step])  # exact: every float32 is a float64
+        result.addmm_(columns, columns.T)
+    return result
 
 
 def unbiased_centered(grams):

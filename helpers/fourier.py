@@ -16,8 +16,9 @@ deeper stages' maps are 8 x 8 and 4 x 4, whose "highest frequency" is much lower
 
 The figures need the diagonal only, so `spectra` computes nothing else: the diagonal of a 2-D DFT is the 1-D DFT
 of the map's wrapped anti-diagonal sums, F(k, k) = sum_j s[j] e^(-2πikj/H) with s[j] the sum of x[m, n] over
-m + n = j (mod H), taken per image and channel before the log and the mean, as above. That costs one pass over the
-map instead of a 2-D FFT and a log per entry; `log_amplitude_spectrum` gives the whole 2-D spectrum for display.
+m + n = j (mod H), taken per image and channel before the log and the mean, as above (`log_amplitude_diagonal`, in
+`helpers.featuremaps`). That costs one read of the map instead of a 2-D FFT and a log per entry;
+`log_amplitude_spectrum` gives the whole 2-D spectrum for display.
 The half diagonal is defined for square maps only (H = W, as in every model of the paper): on an H x W map the
 frequency (k, k) would be k cycles per H rows but per W columns, so a non-square map raises a ValueError.
 
@@ -31,8 +32,7 @@ import pandas as pd
 import torch
 
 from helpers import data
-
-EPSILON = 1e-6  # the authors' floor under the amplitude before the log
+from helpers.featuremaps import EPSILON, check_maps, log_amplitude_diagonal  # noqa: F401 (the statistic of Fig. 2a)
 
 
 def log_amplitude_spectrum(x):
@@ -45,35 +45,6 @@ def log_amplitude_spectrum(x):
     columns = width - torch.arange(width // 2 + 1, width, device=half.device)
     spectrum = torch.cat([half, half[rows][:, columns]], dim=-1)  # H, W
     return torch.fft.fftshift(spectrum, dim=(-2, -1))  # zero frequency at (H//2, W//2)
-
-
-def log_amplitude_diagonal(x):
-    """The diagonal `H` of `log_amplitude_spectrum(x)` for square maps `B, C, H, H`, computed from a 1-D DFT: entry
-    `i` is the mean over batch and channels of log(|F(k, k)| + 1e-6) at k = i - H//2."""
-    check_maps(x)
-    batch, channels, height, width = x.shape
-    if height != width:
-        raise ValueError(f"The half diagonal needs square maps, got {height} x {width}: frequency (k, k) would pair "
-                         f"k cycles per {height} rows with k cycles per {width} columns.")
-    # F(k, k) = sum over m, n of x[m, n] e^(-2πik(m + n)/H) is the DFT of the wrapped anti-diagonal sums
-    # s[j] = sum over m + n = j (mod H) of x[m, n]: one pass over the map, then a DFT of length H per map
-    padded = x.new_empty(batch, channels, height, height + 1, dtype=torch.float32)  # B, C, H, H + 1
-    padded[..., height] = 0
-    padded[..., :height] = x
-    # rows of H + 1 read as rows of H: each row starts one column further left, so read row m holds x[m, j - m] at
-    # j >= m and, at j < m, the element of row m - 1 on the same wrapped anti-diagonal j (or the zero column); read
-    # row H holds row H - 1's wrapped elements. One copy of the map, not the two that concatenating it with itself
-    # takes: next to a forward pass on a CPU that copy is most of the statistic's cost (benchmarks/features.py)
-    sums = padded.view(batch, channels, height + 1, height).sum(dim=-2)  # B, C, H
-    half = (torch.fft.rfft(sums).abs() + EPSILON).log().mean(dim=(0, 1))  # H//2 + 1: k = 0 to H//2
-    return half[(torch.arange(height, device=half.device) - height // 2).abs()]  # a real map's |F(-k, -k)| is |F(k, k)|
-
-
-def check_maps(x):
-    """Raise a ValueError unless `x` is a batch of maps `B, C, H, W`."""
-    if x.ndim != 4:
-        raise ValueError(f"Expected feature maps B, C, H, W, got shape {tuple(x.shape)}; "
-                         f"turn tokens into maps with Block.to_map first.")
 
 
 def half_diagonal(spectrum):

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from helpers import fourier, variance
+from helpers import featuremaps, fourier, variance
 from helpers.blocks import split
 
 # name: (input side, {kind: count}, stage ends, removable blocks), each count from the architecture's definition:
@@ -156,3 +156,6 @@ def test_fourier_and_variance_run_on_every_block(built):
     variances = variance.variances(blocks, [x])
     assert len(diagonals) == len(variances) == len(blocks.layers)
     assert table.delta_log_amplitude.map(math.isfinite).all() and (variances.variance > 0).all()
+    both = blocks.average([x], featuremaps.diagonal_and_variance)  # both from one read of each map
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(both[0], diagonals))
+    assert torch.allclose(torch.stack(both[1]).double(), torch.tensor(variances.variance.to_numpy()), rtol=1e-5)
