@@ -3,7 +3,7 @@ published grids' sample, 4,992 images per point).
 
 A grid point adds to the eval pass: moving the weights in place, the log-softmax NLL and accuracy of each batch, the
 L1/L2 norm sums over all parameters and one stored row. Most of that is a fixed cost per point, so its share
-shrinks as the sample grows: the ratio a user waits for is the one at the figure's sample, `landscape.AUTHORS_SAMPLE`
+shrinks as the sample grows: the ratio a user waits for is the one at the figure's sample, `published.SAMPLE`
 (52 batches of 96, the size behind the authors' published grids; the figure's default, all 50,000, is larger still).
 On a CPU an eval pass of ResNet-50 over 4,992 images takes minutes, and next to a pass of seconds the fixed cost is
 below the noise of a shared machine, so the script measures, per model:
@@ -28,7 +28,7 @@ import tempfile
 
 import torch
 
-from helpers import data, landscape, models
+from helpers import data, landscape, published
 from helpers.recipes import STRONG
 from helpers.sweep import Table
 from timing import add_device_options, clock, device_of, model_of, parse_args, print_ratio, timed
@@ -115,7 +115,7 @@ def main():
     parser.add_argument("--images", type=int, default=64, help="images per grid point of the measured sweep")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--points", type=int, default=2, help="grid points per sweep (at least 2)")
-    parser.add_argument("--sample", type=int, default=landscape.AUTHORS_SAMPLE, help="the figure's images per point")
+    parser.add_argument("--sample", type=int, default=published.SAMPLE, help="the figure's images per point")
     parser.add_argument("--sample-batch-size", type=int, default=STRONG.batch_size, help="the figure's batch size")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of alternating measurements")
     add_device_options(parser)
